@@ -1,0 +1,254 @@
+"""The native backend: our own launcher (native/launch.c) through cffi.
+
+Python prepares everything the C side needs in fixed arrays (argv, envp,
+mounts, rlimits, cgroup files, BPF bytes) and makes one call; the child does
+all of its set-up in C between clone and exec. A failed step comes back as
+{step, errno, index} and is turned here into one SandboxError naming it.
+"""
+
+import errno
+import os
+import resource
+import signal
+import threading
+
+import prctl
+
+from jail import _cgroup
+from jail._backends.base import Backend, Finished, Sandbox
+from jail._errors import SandboxError
+
+try:
+    from jail import _native
+except ImportError as exc:  # pragma: no cover - a broken install
+    raise ImportError(f"jail._native is not built ({exc}): run `make setup` (pip install -e .)") from exc
+
+from jail._version import __version__
+
+_built = _native.ffi.string(_native.lib.jail_native_version()).decode()
+if _built != __version__:
+    raise ImportError(f"jail._native was built for jail {_built}, this is {__version__}: rebuild with `make setup`")
+
+ffi, lib = _native.ffi, _native.lib
+
+CLONE_FLAGS = (
+    0x10000000  # CLONE_NEWUSER
+    | 0x00020000  # CLONE_NEWNS
+    | 0x20000000  # CLONE_NEWPID
+    | 0x40000000  # CLONE_NEWNET
+    | 0x08000000  # CLONE_NEWIPC
+    | 0x04000000  # CLONE_NEWUTS
+    | 0x02000000  # CLONE_NEWCGROUP
+)
+MS_RDONLY, MS_NOEXEC = 0x1, 0x8
+INSIDE_ID = 1000  # the sandbox's uid and gid as seen inside
+STAGING = "/tmp"  # host dir the new root is mounted over, in the child's private namespace only
+ROOT_OPTIONS = "size=1m,nr_inodes=1024,mode=0755"
+
+MOUNT_KINDS = {
+    "bind": lib.JAIL_MOUNT_BIND_RO,
+    "dev": lib.JAIL_MOUNT_BIND_DEV,
+    "tmpfs": lib.JAIL_MOUNT_TMPFS,
+    "proc": lib.JAIL_MOUNT_PROC,
+    "symlink": lib.JAIL_MOUNT_SYMLINK,
+}
+
+# JAIL_STEP_* mirrored by name from the extension itself.
+STEPS = {getattr(lib, name): name[len("JAIL_STEP_"):] for name in dir(lib) if name.startswith("JAIL_STEP_")}
+# How a step reads in a message; the rest read as their name in lower case.
+STEP_LABELS = {
+    "OPEN_SOURCE": "open",
+    "MOUNT_BIND": "mount",
+    "MOUNT_READONLY": "remount read-only",
+    "MOUNT_TMPFS": "mount tmpfs",
+    "MOUNT_PROC": "mount proc",
+    "MOUNT_ROOT": "mount the root tmpfs",
+    "MOUNT_PRIVATE": "make mounts private",
+    "UMOUNT_OLD_ROOT": "detach the old root",
+    "REMOUNT_ROOT": "remount the root read-only",
+    "CGROUP": "join cgroup",
+    "SETGROUPS_FILE": "write setgroups",
+    "UID_MAP": "write uid_map",
+    "GID_MAP": "write gid_map",
+    "SYNC": "wait for the parent",
+}
+# Known causes, as hints (bubblewrap does the same for clone).
+HINTS = {
+    ("CLONE", errno.EPERM): "user namespaces are disabled for this user (sysctl kernel.unprivileged_userns_clone, "
+                            "or an AppArmor/SELinux policy)",
+    ("CLONE", errno.ENOSPC): "the user namespace limit is reached (sysctl user.max_user_namespaces)",
+    ("CLONE", errno.EINVAL): "this kernel lacks a namespace the sandbox needs",
+    ("MOUNT_READONLY", errno.ENOSYS): "recursive read-only binds need mount_setattr (Linux 5.12 or newer)",
+    ("UID_MAP", errno.EPERM): "the server may not map this uid (is the uid range free and the server root?)",
+}
+
+RLIMIT_NAMES = {getattr(resource, n): n for n in dir(resource) if n.startswith("RLIMIT_")}
+
+
+def privileged() -> bool:
+    """True when the host process may map sandboxes to uids of its choosing."""
+    return os.geteuid() == 0 and prctl.cap_effective.setuid and prctl.cap_effective.setgid
+
+
+class _UidPool:
+    """Host uids handed to sandboxes that run at the same time, one each, so
+    that no sandbox shares a process or signal budget with another."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._in_use = set()
+
+    def take(self, first: int, count: int) -> int:
+        with self._lock:
+            for uid in range(first, first + count):
+                if uid not in self._in_use:
+                    self._in_use.add(uid)
+                    return uid
+        raise SandboxError(f"no free sandbox uid in {first}..{first + count - 1}: too many sandboxes at once")
+
+    def give_back(self, uid: int) -> None:
+        with self._lock:
+            self._in_use.discard(uid)
+
+
+UIDS = _UidPool()
+
+
+def describe_failure(report, spec, cgroup_procs=()) -> str:
+    """'mount /opt/python/lib/python3.11: EPERM (Operation not permitted)'."""
+    name = STEPS.get(report.step, f"STEP_{report.step}")
+    label = STEP_LABELS.get(name, name.lower().replace("_", " "))
+    index = report.index
+    if name in ("OPEN_SOURCE",) and 0 <= index < len(spec.mounts):
+        label += f" {spec.mounts[index].source}"
+    elif name in ("MKDIR", "MOUNT_BIND", "MOUNT_READONLY", "MOUNT_TMPFS", "MOUNT_PROC", "SYMLINK", "CONFIG") \
+            and 0 <= index < len(spec.mounts):
+        label += f" {spec.mounts[index].target}"
+    elif name == "RLIMIT" and 0 <= index < len(spec.rlimits):
+        label += f" {RLIMIT_NAMES.get(spec.rlimits[index][0], spec.rlimits[index][0])}"
+    elif name == "CGROUP" and 0 <= index < len(cgroup_procs):
+        label += f" {cgroup_procs[index]}"
+    code = errno.errorcode.get(report.err, str(report.err))
+    message = f"{label}: {code} ({os.strerror(report.err)})"
+    hint = HINTS.get((name, report.err))
+    return f"{message}; {hint}" if hint else message
+
+
+class _Keep:
+    """Holds every cffi buffer a jail_config points into, for the call."""
+
+    def __init__(self):
+        self.items = []
+
+    def str(self, text):
+        if text is None:
+            return ffi.NULL
+        buf = ffi.new("char[]", os.fsencode(text))
+        self.items.append(buf)
+        return buf
+
+    def strv(self, texts):
+        array = ffi.new("char *[]", [self.str(t) for t in texts] + [ffi.NULL])
+        self.items.append(array)
+        return array
+
+
+def _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup_procs, keep):
+    config = ffi.new("struct jail_config *")
+    keep.items.append(config)
+    config.path = keep.str(spec.argv[0])
+    config.argv = keep.strv(spec.argv)
+    config.envp = keep.strv(f"{k}={v}" for k, v in spec.env)
+    config.stdio = list(stdio)
+    config.clone_flags = CLONE_FLAGS
+    config.inside_uid = config.inside_gid = INSIDE_ID
+    config.uid_map = keep.str(uid_map)
+    config.gid_map = keep.str(gid_map)
+    config.deny_setgroups = deny_setgroups
+    config.staging = keep.str(STAGING)
+    config.root_options = keep.str(ROOT_OPTIONS)
+
+    mounts = ffi.new("struct jail_mount[]", max(1, len(spec.mounts)))
+    keep.items.append(mounts)
+    for i, m in enumerate(spec.mounts):
+        mounts[i].kind = MOUNT_KINDS[m.kind]
+        mounts[i].source = keep.str(m.source)
+        mounts[i].target = keep.str(m.target)
+        mounts[i].data = keep.str(m.options)
+        mounts[i].flags = (MS_RDONLY if m.readonly else 0) | (MS_NOEXEC if m.noexec else 0)
+    config.mounts, config.n_mounts = mounts, len(spec.mounts)
+
+    rlimits = ffi.new("struct jail_rlimit[]", max(1, len(spec.rlimits)))
+    keep.items.append(rlimits)
+    for i, (which, soft, hard) in enumerate(spec.rlimits):
+        rlimits[i].resource, rlimits[i].soft, rlimits[i].hard = which, soft, hard
+    config.rlimits, config.n_rlimits = rlimits, len(spec.rlimits)
+
+    procs = ffi.new("char *[]", [keep.str(p) for p in cgroup_procs] + [ffi.NULL])
+    keep.items.append(procs)
+    config.cgroup_procs, config.n_cgroups = procs, len(cgroup_procs)
+
+    bpf = ffi.from_buffer(spec.seccomp)
+    keep.items.append(bpf)
+    config.bpf, config.bpf_len = bpf, len(spec.seccomp)
+    config.hostname = keep.str(spec.hostname)
+    config.workdir = keep.str(spec.workdir)
+    return config
+
+
+class NativeSandbox(Sandbox):
+    def __init__(self, pid, pidfd, uid, cgroup):
+        self.pid, self.pidfd = pid, pidfd
+        self._uid, self._cgroup = uid, cgroup
+
+    def kill(self) -> None:
+        # pid 1 of the sandbox's pid namespace: its death takes every process inside with it.
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def finish(self) -> Finished:
+        finished = Finished(cgroup=self._cgroup.mode)
+        finished.peak_memory = self._cgroup.peak_memory()
+        finished.oom_killed = self._cgroup.oom_killed()
+        self._cgroup.remove()
+        if self._uid is not None:
+            UIDS.give_back(self._uid)
+            self._uid = None
+        return finished
+
+
+class NativeBackend(Backend):
+    name = "native"
+
+    def unavailable_reason(self):
+        if not os.path.exists("/proc/self/ns/user"):
+            return "this kernel has no user namespaces"
+        return None
+
+    def spawn(self, spec, stdio: tuple) -> NativeSandbox:
+        uid = None
+        if privileged():
+            uid = UIDS.take(*spec.uid_range)
+            uid_map = gid_map = f"{INSIDE_ID} {uid} 1"
+            deny_setgroups = 0
+        else:
+            uid_map, gid_map = f"{INSIDE_ID} {os.geteuid()} 1", f"{INSIDE_ID} {os.getegid()} 1"
+            deny_setgroups = 1
+        try:
+            cgroup = _cgroup.SandboxCgroup(spec.memory_bytes, spec.limits.processes)
+        except OSError as exc:
+            if uid is not None:
+                UIDS.give_back(uid)
+            raise SandboxError(f"create cgroup: {exc}") from exc
+
+        keep = _Keep()
+        config = _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup.procs, keep)
+        child = ffi.new("struct jail_child *")
+        if lib.jail_spawn(config, child) != 0:
+            cgroup.remove()
+            if uid is not None:
+                UIDS.give_back(uid)
+            raise SandboxError(describe_failure(child.report, spec, cgroup.procs))
+        return NativeSandbox(child.pid, child.pidfd, uid, cgroup)

@@ -1,0 +1,210 @@
+"""The host side of one run, the same for every backend.
+
+Feed stdin, read stdout, stderr and the result fd within their byte limits,
+enforce the wall clock, kill the sandbox (its whole pid namespace) when done
+or over a limit, reap it and release everything: no fd, process, uid or
+cgroup outlives the run.
+"""
+
+import asyncio
+import dataclasses
+import os
+import signal
+import threading
+import time
+
+from jail._errors import SandboxError
+
+READ_CHUNK = 65536
+
+
+@dataclasses.dataclass
+class Stats:
+    backend: str
+    wall_ms: float
+    cpu_ms: float
+    peak_memory: int  # bytes (cgroup peak where there is one, else max RSS)
+    exit_code: int  # None when killed by a signal
+    signal: int  # None when it exited
+    cgroup: str  # "v1", "v2" or "none"
+
+
+@dataclasses.dataclass
+class Outcome:
+    stdout: bytes
+    stderr: bytes
+    result: bytes  # what fd 3 received (b"" when nothing)
+    stats: Stats
+    timed_out: bool = False
+    output_exceeded: bool = False  # stdout + stderr over limits.output_bytes
+    result_exceeded: bool = False  # fd 3 over limits.result_bytes
+    oom_killed: bool = False
+
+    @property
+    def seccomp_killed(self) -> bool:
+        return self.stats.signal == signal.SIGSYS
+
+
+def _pipe():
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    return read_fd, write_fd
+
+
+async def execute(backend, spec, stdin: bytes = b"", on_output=None) -> Outcome:
+    """Runs spec on backend. ``on_output(stream, data)`` (if given) sees
+    stdout/stderr chunks as they arrive."""
+    loop = asyncio.get_running_loop()
+    limits = spec.limits
+    host_fds, child_fds = [], []
+    try:
+        for direction in ("in", "out", "out", "out"):
+            read_fd, write_fd = _pipe()
+            host, child = (write_fd, read_fd) if direction == "in" else (read_fd, write_fd)
+            host_fds.append(host)
+            child_fds.append(child)
+        started = time.monotonic()
+        sandbox = backend.spawn(spec, tuple(child_fds))
+    except BaseException:
+        for fd in host_fds:
+            os.close(fd)
+        raise
+    finally:
+        for fd in child_fds:
+            os.close(fd)
+
+    stdin_fd, out_fds = host_fds[0], host_fds[1:]
+    buffers = {fd: bytearray() for fd in out_fds}
+    names = dict(zip(out_fds, ("stdout", "stderr", "result")))
+    open_fds = set(out_fds)
+    flags = {"timed_out": False, "output_exceeded": False, "result_exceeded": False}
+    exited = loop.create_future()
+    drained = loop.create_future()
+    pending_stdin = memoryview(stdin)
+
+    def over_limit(flag):
+        flags[flag] = True
+        sandbox.kill()
+
+    def on_readable(fd):
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            loop.remove_reader(fd)
+            open_fds.discard(fd)
+            if not open_fds and not drained.done():
+                drained.set_result(None)
+            return
+        if flags["output_exceeded"] or flags["result_exceeded"]:
+            return  # being killed: what still comes is dropped
+        if names[fd] == "result":
+            if len(buffers[fd]) + len(data) > limits.result_bytes:
+                over_limit("result_exceeded")
+                return
+        elif len(buffers[out_fds[0]]) + len(buffers[out_fds[1]]) + len(data) > limits.output_bytes:
+            over_limit("output_exceeded")
+            return
+        buffers[fd] += data
+        if on_output is not None and names[fd] != "result":
+            on_output(names[fd], bytes(data))
+
+    def close_stdin():
+        nonlocal stdin_fd
+        if stdin_fd >= 0:
+            loop.remove_writer(stdin_fd)
+            os.close(stdin_fd)
+            stdin_fd = -1
+
+    def on_writable():
+        nonlocal pending_stdin
+        try:
+            written = os.write(stdin_fd, pending_stdin[:READ_CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: the program does not read its stdin; not an error
+            close_stdin()
+            return
+        pending_stdin = pending_stdin[written:]
+        if not pending_stdin:
+            close_stdin()
+
+    for fd in host_fds:
+        os.set_blocking(fd, False)
+    for fd in out_fds:
+        loop.add_reader(fd, on_readable, fd)
+    if pending_stdin:
+        loop.add_writer(stdin_fd, on_writable)
+    else:
+        close_stdin()
+    loop.add_reader(sandbox.pidfd, lambda: exited.done() or exited.set_result(None))
+    timer = loop.call_later(limits.timeout_ms / 1000, over_limit, "timed_out")
+
+    status = usage = None
+    try:
+        await exited
+        # pid 1 is gone, so is everything in its namespace: the pipes are at EOF.
+        await asyncio.wait_for(drained, timeout=2)
+    except asyncio.TimeoutError:
+        raise SandboxError("the sandbox's output pipes stayed open after it exited")
+    finally:
+        timer.cancel()
+        sandbox.kill()
+        loop.remove_reader(sandbox.pidfd)
+        for fd in out_fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+        close_stdin()
+        _, status, usage = _reap(sandbox.pid)
+        os.close(sandbox.pidfd)
+        finished = sandbox.finish()
+
+    wall_ms = (time.monotonic() - started) * 1000
+    stats = Stats(
+        backend=getattr(backend, "name", "?"),
+        wall_ms=round(wall_ms, 3),
+        cpu_ms=round((usage.ru_utime + usage.ru_stime) * 1000, 3),
+        peak_memory=finished.peak_memory or usage.ru_maxrss * 1024,
+        exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        cgroup=finished.cgroup,
+    )
+    if stats.signal == signal.SIGXCPU or (stats.signal == signal.SIGKILL and usage.ru_utime + usage.ru_stime
+                                          >= limits.cpu_seconds):
+        flags["timed_out"] = True
+    return Outcome(
+        stdout=bytes(buffers[out_fds[0]]),
+        stderr=bytes(buffers[out_fds[1]]),
+        result=bytes(buffers[out_fds[2]]),
+        stats=stats,
+        oom_killed=finished.oom_killed,
+        **flags,
+    )
+
+
+def _reap(pid):
+    while True:
+        try:
+            return os.wait4(pid, 0)
+        except InterruptedError:
+            continue
+
+
+_local = threading.local()
+
+
+def run_sync(coroutine):
+    """Runs a coroutine on this thread's own private loop (kept between calls:
+    a new loop per run would cost more than the sandbox)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coroutine.close()
+        raise RuntimeError("jail.run() was called from a running event loop: use `await jail.run_async()`")
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(coroutine)
+

@@ -1,0 +1,84 @@
+"""What a backend is asked to make: one SandboxSpec, whatever the backend.
+
+build_spec turns a runtime, a policy and the run's limits into the exact
+argv, environment, mounts, rlimits and seccomp program; the backends only
+translate it (native: C structs; bwrap and nsjail: command lines).
+"""
+
+import dataclasses
+import resource
+
+from jail import _runtime, _seccomp
+from jail._policy import MiB, Limits, Policy
+
+# V8's heap is bounded by its own flag; the data rlimit leaves room for the
+# rest of the process (code, stacks, malloc) on top of it.
+NODE_DATA_HEADROOM = 512 * MiB
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxSpec:
+    runtime: _runtime.Runtime
+    argv: tuple  # argv[0] is the program inside the sandbox
+    env: tuple  # (name, value) pairs: the whole environment
+    mounts: tuple  # _runtime.Mount, in order
+    limits: Limits
+    rlimits: tuple  # (RLIMIT_*, soft, hard)
+    seccomp: bytes  # struct sock_filter[]
+    scratch: bool
+    hostname: str
+    workdir: str
+    uid_range: tuple
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.limits.memory_mb * MiB
+
+
+def _rlimits(runtime, limits: Limits, scratch_bytes: int) -> tuple:
+    memory = limits.memory_mb * MiB
+    if runtime.memory_rlimit == "as":
+        memory_limit = (resource.RLIMIT_AS, memory, memory)
+    else:
+        memory_limit = (resource.RLIMIT_DATA, memory + NODE_DATA_HEADROOM, memory + NODE_DATA_HEADROOM)
+    fsize = max(scratch_bytes, MiB)
+    return (
+        (resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1),
+        memory_limit,
+        (resource.RLIMIT_NPROC, limits.processes, limits.processes),
+        (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_MEMLOCK, 64 * 1024, 64 * 1024),
+    )
+
+
+def runtime_args(runtime, limits: Limits) -> tuple:
+    """Interpreter flags that depend on the run's limits."""
+    if runtime.name == "javascript":
+        return (f"--max-old-space-size={max(16, limits.memory_mb * 3 // 4)}",)
+    return ()
+
+
+def build_spec(runtime, policy: Policy, limits: Limits, program: tuple) -> SandboxSpec:
+    mounts = list(runtime.mounts) + list(_runtime.DEVICES)
+    mounts += [_runtime.Mount("bind", inside, host) for host, inside in policy.extra_mounts]
+    if policy.scratch_mb:
+        options = f"size={policy.scratch_mb}m,mode=1777,nr_inodes=4096"
+        mounts.append(_runtime.Mount("tmpfs", "/tmp", options=options, noexec=True))
+    if policy.proc:
+        mounts.append(_runtime.Mount("proc", "/proc"))
+    scratch_bytes = policy.scratch_mb * MiB
+    return SandboxSpec(
+        runtime=runtime,
+        argv=(runtime.executable,) + runtime.flags + runtime_args(runtime, limits) + tuple(program),
+        env=runtime.env,
+        mounts=tuple(mounts),
+        limits=limits,
+        rlimits=_rlimits(runtime, limits, scratch_bytes),
+        seccomp=_seccomp.filter_bytes(runtime.seccomp_profile, bool(policy.scratch_mb)),
+        scratch=bool(policy.scratch_mb),
+        hostname=policy.hostname,
+        workdir="/tmp" if policy.scratch_mb else "/",
+        uid_range=policy.uid_range,
+    )
