@@ -10,7 +10,8 @@ PORT ?= 8000
 
 # libcap-dev: python-prctl builds against it. libseccomp2: pyseccomp loads it.
 # bubblewrap: the bwrap reference backend. nodejs: the JavaScript runtime.
-APT_PACKAGES := build-essential libcap-dev libseccomp2 bubblewrap nodejs util-linux
+# python3: the system interpreter the unprivileged test run uses (see tests/security).
+APT_PACKAGES := build-essential python3 libcap-dev libseccomp2 bubblewrap nodejs util-linux
 
 .PHONY: serve test bench setup system-packages clean
 .DEFAULT_GOAL := test
@@ -39,8 +40,9 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Editable install: the cffi extension jail._native is built in place.
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py native/*.c native/*.h native/build_native.py | system-packages
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+# constraints.txt pins every transitive dependency (pip freeze of a good install).
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py constraints.txt native/*.c native/*.h native/build_native.py | system-packages
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 clean:

@@ -13,7 +13,9 @@ import signal
 import threading
 import time
 
+from jail import _backends, _sandbox
 from jail._errors import SandboxError
+from jail._policy import DEFAULT_POLICY
 
 READ_CHUNK = 65536
 
@@ -208,3 +210,11 @@ def run_sync(coroutine):
         loop = _local.loop = asyncio.new_event_loop()
     return loop.run_until_complete(coroutine)
 
+
+
+async def run_program(runtime, program=(), *, policy=None, limits=None, stdin=b"", on_output=None) -> Outcome:
+    """Runs one program (the runtime's interpreter with program as its
+    arguments) in a fresh sandbox of policy.backend."""
+    policy = policy or DEFAULT_POLICY
+    spec = _sandbox.build_spec(runtime, policy, policy.capped(limits or policy.limits), tuple(program))
+    return await execute(_backends.get(policy.backend), spec, stdin, on_output)

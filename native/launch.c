@@ -43,6 +43,20 @@ _Noreturn void child_fail(const struct child_state *state, int step, int index)
     _exit(JAIL_EXIT_SETUP_FAILED);
 }
 
+/* Async-signal-safe: used by both sides. */
+static int write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(text);
+    ssize_t n = write(fd, text, len); /* id maps must be written in one write */
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n == (ssize_t)len ? 0 : -1;
+}
+
 /* ---- child steps, in the order they run ---- */
 
 /* The parent blocked every signal around clone so that none of Python's
@@ -73,6 +87,17 @@ static void wait_for_parent_child(struct child_state *state, int sync_fd)
         child_fail(state, JAIL_STEP_SYNC, -1);
     }
     close(sync_fd);
+}
+
+/* v1 cgroups, joined by the child itself while it still has the host uid
+ * it was cloned with (see cgroup_self in launcher.h). */
+static void join_cgroups_child(struct child_state *state)
+{
+    const struct jail_config *config = state->config;
+
+    for (int i = 0; i < config->n_cgroups && config->cgroup_self; i++)
+        if (write_file(config->cgroup_files[i], "0") < 0)
+            child_fail(state, JAIL_STEP_CGROUP, i);
 }
 
 /* From the host's uid (root, or the unprivileged server user) to the mapped
@@ -173,6 +198,7 @@ static _Noreturn void run_child(const struct jail_config *config, int sync_fd, i
 
     reset_signal_handlers_child();
     wait_for_parent_child(&state, sync_fd);
+    join_cgroups_child(&state);
     open_mount_sources_child(&state);
     become_sandbox_user_child(&state);
     build_root_child(&state);
@@ -228,7 +254,7 @@ static int validate_config_parent(const struct jail_config *config, struct jail_
     if (config->n_rlimits < 0 || config->n_rlimits > JAIL_MAX_RLIMITS || (config->n_rlimits && !config->rlimits))
         return report_parent(child, JAIL_STEP_CONFIG, EINVAL, -1);
     if (config->n_cgroups < 0 || config->n_cgroups > JAIL_MAX_CGROUPS ||
-        (config->n_cgroups && !config->cgroup_procs))
+        (config->n_cgroups && !config->cgroup_files))
         return report_parent(child, JAIL_STEP_CONFIG, EINVAL, -1);
     if (config->bpf_len % sizeof(struct sock_filter) != 0 ||
         config->bpf_len > JAIL_MAX_BPF_INSNS * sizeof(struct sock_filter) || (config->bpf_len && !config->bpf))
@@ -242,19 +268,6 @@ static int validate_config_parent(const struct jail_config *config, struct jail_
             return report_parent(child, JAIL_STEP_CONFIG, EINVAL, i);
     }
     return 0;
-}
-
-static int write_file_parent(const char *path, const char *text)
-{
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    size_t len = strlen(text);
-    ssize_t n = write(fd, text, len); /* id maps must be written in one write */
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return n == (ssize_t)len ? 0 : -1;
 }
 
 /* /proc/PID/<name> into buf. */
@@ -274,15 +287,15 @@ static int setup_from_parent(const struct jail_config *config, pid_t pid, struct
     char path[64];
     char pid_text[24];
 
-    if (config->deny_setgroups && write_file_parent(proc_path_parent(path, sizeof path, pid, "/setgroups"), "deny") < 0)
+    if (config->deny_setgroups && write_file(proc_path_parent(path, sizeof path, pid, "/setgroups"), "deny") < 0)
         return report_parent(child, JAIL_STEP_SETGROUPS_FILE, errno, -1);
-    if (write_file_parent(proc_path_parent(path, sizeof path, pid, "/uid_map"), config->uid_map) < 0)
+    if (write_file(proc_path_parent(path, sizeof path, pid, "/uid_map"), config->uid_map) < 0)
         return report_parent(child, JAIL_STEP_UID_MAP, errno, -1);
-    if (write_file_parent(proc_path_parent(path, sizeof path, pid, "/gid_map"), config->gid_map) < 0)
+    if (write_file(proc_path_parent(path, sizeof path, pid, "/gid_map"), config->gid_map) < 0)
         return report_parent(child, JAIL_STEP_GID_MAP, errno, -1);
     path_append_uint(pid_text, 0, sizeof pid_text, (unsigned long)pid);
-    for (int i = 0; i < config->n_cgroups; i++)
-        if (write_file_parent(config->cgroup_procs[i], pid_text) < 0)
+    for (int i = 0; i < config->n_cgroups && !config->cgroup_self; i++)
+        if (write_file(config->cgroup_files[i], pid_text) < 0)
             return report_parent(child, JAIL_STEP_CGROUP, errno, i);
     return 0;
 }

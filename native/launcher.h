@@ -92,8 +92,11 @@ struct jail_config {
     int n_mounts;
     const struct jail_rlimit *rlimits;
     int n_rlimits;
-    const char *const *cgroup_procs;  /* cgroup.procs files the child joins before it goes on */
+    const char *const *cgroup_files;  /* the cgroups the child joins before it goes on: */
     int n_cgroups;
+    int cgroup_self;              /* 1: v1 "tasks" files the child writes "0" to itself (no global
+                                     lock, so no RCU grace period per spawn); 0: "cgroup.procs"
+                                     files the parent writes the child's pid to */
     const unsigned char *bpf;     /* struct sock_filter array, as bytes */
     size_t bpf_len;
     const char *hostname;

@@ -82,7 +82,10 @@ HINTS = {
     ("UID_MAP", errno.EPERM): "the server may not map this uid (is the uid range free and the server root?)",
 }
 
-RLIMIT_NAMES = {getattr(resource, n): n for n in dir(resource) if n.startswith("RLIMIT_")}
+RLIMIT_NAMES = {}
+for _name in dir(resource):
+    if _name.startswith("RLIMIT_") and _name != "RLIMIT_OFILE":  # OFILE: BSD's alias of NOFILE
+        RLIMIT_NAMES[getattr(resource, _name)] = _name
 
 
 def privileged() -> bool:
@@ -114,7 +117,7 @@ class _UidPool:
 UIDS = _UidPool()
 
 
-def describe_failure(report, spec, cgroup_procs=()) -> str:
+def describe_failure(report, spec, cgroup_files=()) -> str:
     """'mount /opt/python/lib/python3.11: EPERM (Operation not permitted)'."""
     name = STEPS.get(report.step, f"STEP_{report.step}")
     label = STEP_LABELS.get(name, name.lower().replace("_", " "))
@@ -126,8 +129,8 @@ def describe_failure(report, spec, cgroup_procs=()) -> str:
         label += f" {spec.mounts[index].target}"
     elif name == "RLIMIT" and 0 <= index < len(spec.rlimits):
         label += f" {RLIMIT_NAMES.get(spec.rlimits[index][0], spec.rlimits[index][0])}"
-    elif name == "CGROUP" and 0 <= index < len(cgroup_procs):
-        label += f" {cgroup_procs[index]}"
+    elif name == "CGROUP" and 0 <= index < len(cgroup_files):
+        label += f" {cgroup_files[index]}"
     code = errno.errorcode.get(report.err, str(report.err))
     message = f"{label}: {code} ({os.strerror(report.err)})"
     hint = HINTS.get((name, report.err))
@@ -153,7 +156,7 @@ class _Keep:
         return array
 
 
-def _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup_procs, keep):
+def _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup, keep):
     config = ffi.new("struct jail_config *")
     keep.items.append(config)
     config.path = keep.str(spec.argv[0])
@@ -184,9 +187,10 @@ def _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup_procs, keep):
         rlimits[i].resource, rlimits[i].soft, rlimits[i].hard = which, soft, hard
     config.rlimits, config.n_rlimits = rlimits, len(spec.rlimits)
 
-    procs = ffi.new("char *[]", [keep.str(p) for p in cgroup_procs] + [ffi.NULL])
-    keep.items.append(procs)
-    config.cgroup_procs, config.n_cgroups = procs, len(cgroup_procs)
+    files = ffi.new("char *[]", [keep.str(p) for p in cgroup.join_files] + [ffi.NULL])
+    keep.items.append(files)
+    config.cgroup_files, config.n_cgroups = files, len(cgroup.join_files)
+    config.cgroup_self = int(cgroup.join_self)
 
     bpf = ffi.from_buffer(spec.seccomp)
     keep.items.append(bpf)
@@ -244,11 +248,11 @@ class NativeBackend(Backend):
             raise SandboxError(f"create cgroup: {exc}") from exc
 
         keep = _Keep()
-        config = _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup.procs, keep)
+        config = _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup, keep)
         child = ffi.new("struct jail_child *")
         if lib.jail_spawn(config, child) != 0:
             cgroup.remove()
             if uid is not None:
                 UIDS.give_back(uid)
-            raise SandboxError(describe_failure(child.report, spec, cgroup.procs))
+            raise SandboxError(describe_failure(child.report, spec, cgroup.join_files))
         return NativeSandbox(child.pid, child.pidfd, uid, cgroup)

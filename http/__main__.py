@@ -1,0 +1,3 @@
+from jail_http.server import main
+
+main()

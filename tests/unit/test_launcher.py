@@ -1,0 +1,183 @@
+"""The launcher and the host side of a run: failures name their step, bad
+input is refused at the boundary, limits hold, and nothing is left behind."""
+
+import errno
+import os
+import signal
+
+import pytest
+
+from jail import _backends, _cgroup, _process, _runtime, _sandbox
+from jail._backends import native
+from jail._errors import SandboxError
+from jail._policy import DEFAULT_POLICY, Limits, Policy
+
+
+def run_spec(spec, stdin=b""):
+    return _process.run_sync(_process.execute(_backends.get("native"), spec, stdin))
+
+
+def python_spec(code, policy=DEFAULT_POLICY, limits=None, mounts=None):
+    spec = _sandbox.build_spec(_runtime.python(), policy, limits or policy.limits, ("-c", code))
+    if mounts is not None:
+        spec = _sandbox.dataclasses.replace(spec, mounts=mounts)
+    return spec
+
+
+def test_every_step_has_a_name_and_a_message():
+    report = native.ffi.new("struct jail_report *")
+    spec = python_spec("pass")
+    assert len(native.STEPS) == 36
+    for step, name in native.STEPS.items():
+        report.step, report.err, report.index = step, errno.EPERM, 0
+        message = native.describe_failure(report, spec, ["/sys/fs/cgroup/x/cgroup.procs"])
+        assert message.endswith("EPERM (Operation not permitted)") or "; " in message, message
+        assert f"STEP_{step}" not in message
+
+
+def test_failing_steps_surface_as_sandbox_errors_naming_the_step():
+    spec = python_spec("pass")
+    missing = spec.mounts + (_runtime.Mount("bind", "/opt/missing", "/nonexistent/host/path"),)
+    with pytest.raises(SandboxError, match=r"^open /nonexistent/host/path: ENOENT"):
+        run_spec(_sandbox.dataclasses.replace(spec, mounts=missing))
+    bad_rlimit = spec.rlimits + ((7, 100, 10),)  # RLIMIT_NOFILE soft above hard
+    with pytest.raises(SandboxError, match=r"^rlimit RLIMIT_NOFILE: EINVAL"):
+        run_spec(_sandbox.dataclasses.replace(spec, rlimits=bad_rlimit))
+    with pytest.raises(SandboxError, match=r"^exec: ENOENT"):
+        run_spec(_sandbox.dataclasses.replace(spec, argv=("/opt/python/bin/nope",)))
+
+
+@pytest.mark.parametrize("target", ["relative/path", "/a/../b", "/a//b", "/a/./b", "/.."])
+def test_unsafe_mount_targets_are_refused_before_clone(target):
+    spec = python_spec("pass")
+    bad = spec.mounts + (_runtime.Mount("bind", target, "/usr"),)
+    with pytest.raises(SandboxError, match=r"^config .*: EINVAL"):
+        run_spec(_sandbox.dataclasses.replace(spec, mounts=bad))
+
+
+def test_bad_configs_are_einval_not_crashes():
+    child = native.ffi.new("struct jail_child *")
+    config = native.ffi.new("struct jail_config *")  # every pointer NULL
+    assert native.lib.jail_spawn(config, child) == -1
+    assert (child.report.step, child.report.err) == (native.lib.JAIL_STEP_CONFIG, errno.EINVAL)
+
+    keep = native._Keep()
+    no_cgroup = type("NoCgroup", (), {"join_files": [], "join_self": False})()
+    good = native._config(python_spec("pass"), (-1, -1, -1, -1), "1000 1000 1", "1000 1000 1", 1, no_cgroup, keep)
+    for field, value in [("bpf_len", 7), ("n_mounts", native.lib.JAIL_MAX_MOUNTS + 1), ("n_rlimits", -1),
+                         ("n_cgroups", 99), ("clone_flags", 0)]:
+        saved = getattr(good, field)
+        setattr(good, field, value)
+        assert native.lib.jail_spawn(good, child) == -1, field
+        assert child.report.err == errno.EINVAL, field
+        setattr(good, field, saved)
+
+
+def test_only_stdio_and_the_result_fd_are_open_inside():
+    leak = os.open("/dev/null", os.O_RDONLY)  # inheritable on purpose
+    os.set_inheritable(leak, True)
+    try:
+        out = run_spec(python_spec("import os\n"
+                                   "def is_open(fd):\n"
+                                   "    try:\n        os.fstat(fd)\n        return True\n"
+                                   "    except OSError:\n        return False\n"
+                                   "print([fd for fd in range(256) if is_open(fd)])"))
+    finally:
+        os.close(leak)
+    assert out.stdout.splitlines()[-1] == b"[0, 1, 2, 3]"
+
+
+def test_stdin_is_fed_and_outputs_are_kept_apart():
+    out = run_spec(python_spec("import sys, os; data = sys.stdin.read(); print(data.upper()); "
+                               "print('err', file=sys.stderr); os.write(3, b'result')"), stdin=b"hello" * 100000)
+    assert out.stdout == b"HELLO" * 100000 + b"\n"
+    assert out.stderr == b"err\n"
+    assert out.result == b"result"
+    assert out.stats.exit_code == 0 and out.stats.signal is None
+
+
+def test_stats_are_measured():
+    out = run_spec(python_spec("x = bytearray(50 * 1024 * 1024)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
+                               "sum(range(3_000_000))"))
+    assert out.stats.exit_code == 0
+    assert out.stats.cpu_ms > 10
+    assert out.stats.wall_ms >= out.stats.cpu_ms * 0.5
+    assert out.stats.peak_memory > 50 * 1024 * 1024
+    assert out.stats.cgroup == _cgroup.detect().mode
+
+
+def test_exit_status_and_signal():
+    assert run_spec(python_spec("raise SystemExit(7)")).stats.exit_code == 7
+    out = run_spec(python_spec("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"))
+    # pid 1 of its namespace ignores signals it has no handler for: Python then exits normally
+    assert out.stats.exit_code == 0 or out.stats.signal == signal.SIGTERM
+
+
+def test_wall_clock_limit_kills_the_whole_namespace():
+    out = run_spec(python_spec("import os, time\nos.fork()\ntime.sleep(30)", limits=Limits(timeout_ms=500)))
+    assert out.timed_out and out.stats.signal == signal.SIGKILL
+    assert out.stats.wall_ms < 1500
+
+
+def test_cpu_limit_backs_up_the_wall_clock():
+    limits = Limits(timeout_ms=1000)  # RLIMIT_CPU = 2 s: the wall clock comes first
+    out = run_spec(python_spec("while True: pass", limits=limits))
+    assert out.timed_out and out.stats.wall_ms < 1500
+
+
+def test_output_limit():
+    out = run_spec(python_spec("import os\nwhile True: os.write(1, b'x' * 65536)",
+                               limits=Limits(output_bytes=100_000)))
+    assert out.output_exceeded and len(out.stdout) <= 100_000
+
+
+def test_result_limit():
+    out = run_spec(python_spec("import os\nwhile True: os.write(3, b'x' * 65536)", limits=Limits(result_bytes=100_000)))
+    assert out.result_exceeded and len(out.result) <= 100_000
+
+
+def test_memory_limit_python_gets_memory_error():
+    out = run_spec(python_spec("x = bytearray(200 * 1024 * 1024)", limits=Limits(memory_mb=64)))
+    assert b"MemoryError" in out.stderr
+
+
+@pytest.mark.needs_root
+def test_memory_cgroup_kills_what_the_rlimit_lets_through():
+    if _cgroup.detect().mode == "none":
+        pytest.fail("this machine should have a memory cgroup: " + _cgroup.detect().reason)
+    # Node's data rlimit leaves headroom above V8's heap: the cgroup is the real bound.
+    code = "const a = []; while (true) a.push(Buffer.alloc(8 << 20, 1));"
+    spec = _sandbox.build_spec(_runtime.javascript(), DEFAULT_POLICY, Limits(memory_mb=128), ("-e", code))
+    out = run_spec(spec)
+    assert out.oom_killed and out.stats.signal == signal.SIGKILL
+
+
+def test_sandbox_hostname_and_scratch_policy():
+    out = run_spec(python_spec("import os; print(os.uname().nodename, os.getcwd())", policy=Policy(scratch_mb=1)))
+    assert out.stdout == b"sandbox /tmp\n"
+
+
+def _counts():
+    me = os.getpid()
+    children = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                children += int(f.read().rsplit(")", 1)[1].split()[1]) == me
+        except OSError:
+            pass
+    cgroups = sum(len(dirs) for base in ("memory", "pids", "")
+                  for _, dirs, _ in os.walk(f"{_cgroup.CGROUP_ROOT}/{base}/{_cgroup.GROUP}".replace("//", "/")))
+    with open("/proc/self/mounts") as f:
+        mounts = len(f.readlines())
+    return {"children": children, "fds": len(os.listdir("/proc/self/fd")), "mounts": mounts, "cgroups": cgroups}
+
+
+@pytest.mark.slow
+def test_no_leftovers_after_500_runs():
+    spec = python_spec("import os; os.fork(); print(1)")
+    run_spec(spec)  # first use creates the parent cgroups and caches
+    before = _counts()
+    for _ in range(500):
+        assert run_spec(spec).stats.exit_code == 0
+    assert _counts() == before
