@@ -74,11 +74,12 @@ def system_libraries() -> tuple:
     return tuple(mounts)
 
 
-def harness_dir() -> str:
+def harness() -> Mount:
+    """The harness folder (installed as the data package jail_harness), read-only at /opt/harness."""
     spec = importlib.util.find_spec("jail_harness")
     if spec is None or not spec.submodule_search_locations:
-        raise SandboxError("the harness folder (package jail_harness) is not installed")
-    return list(spec.submodule_search_locations)[0]
+        raise SandboxError("the harness folder (package jail_harness) is not installed: run `make setup`")
+    return Mount("bind", HARNESS_INSIDE, os.path.realpath(list(spec.submodule_search_locations)[0]))
 
 
 def _base_python() -> str:
@@ -104,10 +105,11 @@ def python() -> Runtime:
     return Runtime(
         name="python",
         executable="/opt/python/bin/python3",
-        # isolated (no user site, no PYTHON* variables), no site, no bytecode writes, UTF-8 stdio
-        flags=("-I", "-S", "-B", "-X", "utf8"),
+        # isolated (no user site, no PYTHON* variables), no site, no bytecode writes,
+        # UTF-8 and unbuffered stdio (output streams as it is printed)
+        flags=("-I", "-S", "-B", "-u", "-X", "utf8"),
         env=tuple(env),
-        mounts=system_libraries() + tuple(mounts),
+        mounts=system_libraries() + tuple(mounts) + (harness(),),
         seccomp_profile="python",
         memory_rlimit="as",
     )
@@ -123,7 +125,7 @@ def javascript() -> Runtime:
         executable="/opt/node/bin/node",
         flags=(),
         env=(("PATH", "/opt/node/bin"), ("LANG", "C.UTF-8")),
-        mounts=system_libraries() + (Mount("bind", "/opt/node/bin/node", os.path.realpath(node)),),
+        mounts=system_libraries() + (Mount("bind", "/opt/node/bin/node", os.path.realpath(node)), harness()),
         seccomp_profile="javascript",
         # V8 reserves far more address space than it uses: bound data, not AS.
         memory_rlimit="data",

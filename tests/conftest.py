@@ -47,3 +47,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "needs_root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=["native"])
+def policy(request):
+    """A default policy on each backend; the conformance and security suites run on all of them."""
+    import jail
+
+    return jail.Policy(backend=request.param)

@@ -1,0 +1,203 @@
+"""jail.run and jail.run_async: one snippet, one fresh sandbox, one typed result.
+
+The steps: check the arguments (RequestError), encode the scope, run the
+language's harness in a sandbox with the request on stdin, then read the one
+message the harness wrote on fd 3 and turn the run's outcome into a Result or
+the most specific error.
+"""
+
+import dataclasses
+import json
+import keyword
+
+from jail import _codec, _process, _runtime
+from jail._errors import (ExecutionError, MemoryLimitExceeded, OutputLimitExceeded, RequestError,
+                          TimeLimitExceeded)
+from jail._policy import DEFAULT_POLICY, MiB, Limits, Policy
+
+LANGUAGES = ("python", "javascript")
+HARNESS = {"python": "run.py", "javascript": "run.js"}
+# Per-call limits a caller may set (the rest are the policy's alone).
+CALLER_LIMITS = ("timeout_ms", "memory_mb", "output_bytes")
+
+JS_RESERVED = frozenset("""
+    break case catch class const continue debugger default delete do else enum export extends false finally for
+    function if import in instanceof new null return super switch this throw true try typeof var void while with
+    yield let static implements interface package private protected public await arguments eval
+""".split())
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """A snippet's outcome. ``output`` is decoded to Python values (datetime,
+    int, bytes, Decimal ...); ``value`` and ``types`` are its JSON form."""
+
+    output: object
+    stdout: str
+    stderr: str
+    stats: _process.Stats
+    value: object = None
+    types: dict = dataclasses.field(default_factory=dict)
+
+
+def _check_language(language):
+    if language not in LANGUAGES:
+        raise RequestError(f"language: unknown language {language!r}: choose one of {', '.join(LANGUAGES)}")
+
+
+def _check_scope_key(key, language):
+    if not isinstance(key, str):
+        raise RequestError(f"scope: keys must be strings, not {type(key).__name__}")
+    if language == "python":
+        if not key.isidentifier():
+            raise RequestError(f"scope: {key!r} is not a Python identifier")
+        if keyword.iskeyword(key) or key == "__debug__":
+            raise RequestError(f"scope: {key!r} is a reserved word in Python")
+    else:
+        if not key.replace("$", "_").isidentifier():
+            raise RequestError(f"scope: {key!r} is not a JavaScript identifier")
+        if key in JS_RESERVED:
+            raise RequestError(f"scope: {key!r} is a reserved word in JavaScript")
+
+
+def _scope_json(scope, types, language):
+    """(JSON object, types map) to send. Without ``types``, scope holds Python
+    values (datetime, int, bytes ...) and is encoded; with ``types`` (as over
+    HTTP), scope is already in JSON form and goes as it is, once checked."""
+    if scope is None:
+        scope = {}
+    if not isinstance(scope, dict):
+        raise RequestError(f"scope: must be an object (a dict), not {type(scope).__name__}")
+    for key in scope:
+        _check_scope_key(key, language)
+    if types is None:
+        try:
+            return _codec.encode_scope(scope)
+        except ValueError as exc:
+            raise RequestError(f"scope: {exc}") from None
+    if not isinstance(types, dict):
+        raise RequestError(f"types: must be an object mapping JSON Pointers to type names, not {type(types).__name__}")
+    try:
+        _codec.decode_scope(scope, types)
+    except ValueError as exc:
+        raise RequestError(f"types: {exc}") from None
+    try:
+        json.dumps(scope, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"scope: not JSON ({exc}); give typed values in their JSON form with a types entry") from None
+    return scope, types
+
+
+def _limits(limits, policy: Policy) -> Limits:
+    if limits is None:
+        return policy.capped(policy.limits)
+    if isinstance(limits, Limits):
+        return policy.capped(limits)
+    if not isinstance(limits, dict):
+        raise RequestError(f"limits: must be an object, not {type(limits).__name__}")
+    unknown = sorted(set(limits) - set(CALLER_LIMITS))
+    if unknown:
+        raise RequestError(f"limits: unknown field(s) {', '.join(unknown)}: choose from {', '.join(CALLER_LIMITS)}")
+    for name, value in limits.items():
+        if type(value) is not int or value <= 0:
+            raise RequestError(f"limits.{name}: must be a positive integer, not {value!r}")
+    return policy.capped(dataclasses.replace(policy.limits, **limits))
+
+
+def _execution_error(error: dict) -> ExecutionError:
+    name = error.get("name") or "Error"
+    message = error.get("message") or name
+    cls = ExecutionError
+    if name == "MemoryError" or (name == "RangeError" and "allocation failed" in message):
+        cls = MemoryLimitExceeded
+    return cls(message, name=name, line=error.get("line"), column=error.get("column"),
+               traceback=error.get("traceback"))
+
+
+def _limit_error(cls, text) -> ExecutionError:
+    return cls(f"{cls.__name__}: {text}", name=cls.__name__)
+
+
+def _interpret(outcome: _process.Outcome, limits: Limits) -> Result:
+    """The most specific reading of a run: limits first (whatever the snippet
+    managed to write before it was killed does not count), then the message."""
+    stdout = outcome.stdout.decode("utf-8", "replace")
+    stderr = outcome.stderr.decode("utf-8", "replace")
+    if outcome.timed_out:
+        raise _limit_error(TimeLimitExceeded, f"the snippet ran for more than {limits.timeout_ms} ms")
+    if outcome.output_exceeded:
+        raise _limit_error(OutputLimitExceeded, f"stdout and stderr went over {limits.output_bytes} bytes")
+    if outcome.result_exceeded:
+        raise _limit_error(OutputLimitExceeded, f"the returned value went over {limits.result_bytes} bytes")
+    if outcome.oom_killed or "JavaScript heap out of memory" in stderr or "Reached heap limit" in stderr:
+        raise _limit_error(MemoryLimitExceeded, f"the snippet used more than {limits.memory_mb} MiB of memory")
+    if outcome.seccomp_killed:
+        raise _limit_error(ExecutionError, "the snippet made a forbidden system call and was killed")
+    message = _message(outcome)
+    if message["ok"]:
+        try:
+            output = _codec.decode(message["value"], message.get("types") or {})
+        except ValueError as exc:
+            raise ExecutionError(f"TypeError: {exc}", name="TypeError") from None
+        return Result(output=output, stdout=stdout, stderr=stderr, stats=outcome.stats,
+                      value=message["value"], types=message.get("types") or {})
+    raise _execution_error(message["error"])
+
+
+def _message(outcome):
+    """The harness's one message, checked: anything else means the snippet
+    ended the process or meddled with the channel, never a result."""
+    stats = outcome.stats
+    if not outcome.result:
+        how = f"was killed by signal {stats.signal}" if stats.signal else f"exited with code {stats.exit_code}"
+        raise ExecutionError(f"ExitError: the snippet's process {how} before returning a result", name="ExitError")
+    try:
+        message = json.loads(outcome.result)
+    except ValueError:
+        message = None
+    if not (isinstance(message, dict) and isinstance(message.get("ok"), bool) and stats.exit_code == 0
+            and (("value" in message) if message["ok"] else isinstance(message.get("error"), dict))):
+        raise ExecutionError("ResultError: the result channel was tampered with", name="ResultError")
+    return message
+
+
+def _prepare(code, language, scope, types, limits, policy):
+    if not isinstance(code, str):
+        raise RequestError(f"code: must be a string, not {type(code).__name__}")
+    _check_language(language)
+    policy = policy or DEFAULT_POLICY
+    if not isinstance(policy, Policy):
+        raise RequestError(f"policy: must be a jail.Policy, not {type(policy).__name__}")
+    scope_json, scope_types = _scope_json(scope, types, language)
+    run_limits = _limits(limits, policy)
+    # ASCII escapes carry lone surrogates, which UTF-8 cannot.
+    request = json.dumps({"code": code, "scope": scope_json, "types": scope_types}, allow_nan=False).encode()
+    if len(request) > policy.max_limits.result_bytes + 8 * MiB:
+        raise RequestError("the request is too large")
+    return policy, run_limits, request
+
+
+async def run_async(code, language="python", scope=None, *, types=None, limits=None, policy=None,
+                    on_output=None) -> Result:
+    """Runs code in a fresh sandbox; see run()."""
+    policy, run_limits, request = _prepare(code, language, scope, types, limits, policy)
+    runtime = _runtime.LANGUAGES[language]()
+    program = (f"{_runtime.HARNESS_INSIDE}/{HARNESS[language]}",)
+    outcome = await _process.run_program(runtime, program, policy=policy, limits=run_limits, stdin=request,
+                                         on_output=on_output)
+    return _interpret(outcome, run_limits)
+
+
+def run(code, language="python", scope=None, *, types=None, limits=None, policy=None) -> Result:
+    """Runs a snippet (a function body: ``return`` gives the output) in a
+    fresh sandbox and returns its Result.
+
+    ``scope`` keys become real variables of the snippet; its values may be
+    Python values (datetime, int, bytes, Decimal, float) or their JSON forms
+    described by ``types`` (JSON Pointer -> type name). ``limits`` overrides
+    ``timeout_ms``, ``memory_mb`` or ``output_bytes``, capped by the policy.
+
+    Raises RequestError, ExecutionError (and its limit subclasses) or SandboxError.
+    """
+    return _process.run_sync(run_async(code, language, scope, types=types, limits=limits, policy=policy))
+
