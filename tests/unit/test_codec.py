@@ -1,6 +1,5 @@
 """jail/_codec.py: the shared vectors round-trip, and what cannot travel says where and what."""
 import collections
-import importlib.util
 import json
 import math
 import pathlib
@@ -8,34 +7,16 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from snippet_cases import same
+
+from jail import _codec as codec
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "tests/conformance/codec_vectors.json").read_text())
 
 
-def _load_codec():
-    # The codec is standard library only; load it by path so that this test does not
-    # depend on the rest of the package (the native extension, pyseccomp) being importable.
-    spec = importlib.util.spec_from_file_location("jail_codec_under_test", ROOT / "jail/_codec.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-codec = _load_codec()
-
-
-def same(a, b):
-    """Equal, including the JSON kind (2 is not 2.0, True is not 1) and NaN == NaN."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return a == b
 
 
 def by_name(vectors):

@@ -2,7 +2,6 @@
 values, error reports and forgery resistance. The request goes to stdin; the result
 channel is a pipe placed on fd 3 of the child."""
 import json
-import math
 import os
 import pathlib
 import re
