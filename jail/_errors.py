@@ -32,6 +32,8 @@ class ExecutionError(JailError):
         self.line = line
         self.column = column
         self.traceback = traceback
+        self.stdout = self.stderr = ""  # what the snippet printed before it failed
+        self.stats = None
 
 
 class TimeLimitExceeded(ExecutionError):

@@ -119,10 +119,19 @@ def _limit_error(cls, text) -> ExecutionError:
 
 
 def _interpret(outcome: _process.Outcome, limits: Limits) -> Result:
-    """The most specific reading of a run: limits first (whatever the snippet
-    managed to write before it was killed does not count), then the message."""
+    """The run's Result, or its error carrying what the snippet printed."""
     stdout = outcome.stdout.decode("utf-8", "replace")
     stderr = outcome.stderr.decode("utf-8", "replace")
+    try:
+        return _read_outcome(outcome, limits, stdout, stderr)
+    except ExecutionError as error:
+        error.stdout, error.stderr, error.stats = stdout, stderr, outcome.stats
+        raise
+
+
+def _read_outcome(outcome, limits, stdout, stderr) -> Result:
+    """The most specific reading of a run: limits first (whatever the snippet
+    managed to write before it was killed does not count), then the message."""
     if outcome.timed_out:
         raise _limit_error(TimeLimitExceeded, f"the snippet ran for more than {limits.timeout_ms} ms")
     if outcome.output_exceeded:

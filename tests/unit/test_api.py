@@ -1,0 +1,84 @@
+"""The public surface of jail: its exported names, the error tree, the result
+and the command line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import jail
+from jail._report import error_body, result_body
+
+
+def test_exported_members_are_exactly_the_public_names():
+    public = {name for name in dir(jail) if not name.startswith("_")} | {"__version__"}
+    assert set(jail.__all__) == public
+
+
+def test_error_tree():
+    for cls in (jail.TimeLimitExceeded, jail.MemoryLimitExceeded, jail.OutputLimitExceeded):
+        assert issubclass(cls, jail.ExecutionError)
+    for cls in (jail.RequestError, jail.ExecutionError, jail.Overloaded, jail.SandboxError):
+        assert issubclass(cls, jail.JailError)
+    import builtins
+
+    assert not {cls.__name__ for cls in jail.JailError.__subclasses__()} & set(dir(builtins))
+
+
+def test_result_carries_output_streams_and_stats():
+    result = jail.run("print('hi')\nimport sys\nprint('oops', file=sys.stderr)\nreturn {'a': 2 ** 60}")
+    assert result.output == {"a": 2**60}
+    assert (result.stdout, result.stderr) == ("hi\n", "oops\n")
+    assert result.value == {"a": str(2**60)} and result.types == {"/a": "bigint"}
+    stats = result.stats
+    assert stats.backend == "native" and stats.exit_code == 0 and stats.wall_ms > 0 and stats.peak_memory > 0
+
+
+def test_errors_carry_what_the_snippet_printed():
+    with pytest.raises(jail.ExecutionError) as caught:
+        jail.run("print('before')\n1 / 0")
+    assert caught.value.stdout == "before\n" and caught.value.line == 2
+    body = error_body(caught.value)
+    assert body["stdout"] == "before\n" and body["error"]["type"] == "ExecutionError"
+
+
+def test_bodies_omit_empty_fields():
+    assert result_body(jail.run("return 2")) == {"output": 2}
+    assert error_body(jail.RequestError("scope: bad")) == {"error": {"type": "RequestError", "message": "scope: bad"}}
+
+
+async def _twice():
+    return [r.output for r in [await jail.run_async("return 1"), await jail.run_async("return 2", "javascript")]]
+
+
+def test_run_async():
+    import asyncio
+
+    assert asyncio.run(_twice()) == [1, 2]
+
+
+def test_run_refuses_a_running_loop():
+    import asyncio
+
+    async def inside():
+        jail.run("return 1")
+
+    with pytest.raises(RuntimeError, match="run_async"):
+        asyncio.run(inside())
+
+
+def cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "jail", *args], capture_output=True, text=True, input=stdin,
+                          timeout=60)
+
+
+def test_command_line():
+    out = cli("-l", "javascript", "-e", "return x + 3", "--scope", '{"x": 2}')
+    assert (out.returncode, json.loads(out.stdout)) == (0, {"output": 5})
+    out = cli("-e", "Invalid code!")
+    assert out.returncode == 1 and json.loads(out.stdout)["error"]["message"] == "SyntaxError: invalid syntax"
+    out = cli("-", stdin="return 7")
+    assert json.loads(out.stdout) == {"output": 7}
+    out = cli("-e", "return 1", "--scope", '{"not an id": 1}')
+    assert out.returncode == 2 and "not a Python identifier" in json.loads(out.stderr)["error"]["message"]
