@@ -1,17 +1,265 @@
 """The aiohttp service (DESIGN.md section 4).
 
 ``create_app(settings)`` builds the Application; ``main()`` serves it
-(``python -m jail_http`` or the ``jail-server`` console script).
+(``python -m jail_http``, the ``jail-server`` console script, ``make serve``).
+Handlers stay short: one middleware maps jail's errors to the status table,
+logs one JSON line per request and counts it in the metrics.
 """
 
-import argparse
+import asyncio
+import codecs
+import contextlib
+import json
 import logging
+import pathlib
+import time
+import uuid
 
+import prometheus_client
 from aiohttp import web
 
-from jail import _process, _runtime
+import jail
+from jail import _run
+from jail._report import error_body, result_body
+from jail_http.settings import Settings, from_args
 
 log = logging.getLogger("jail_http")
+
+FIELDS = ("code", "language", "scope", "types", "limits")
+STATUS = {jail.RequestError: 400, jail.ExecutionError: 422, jail.Overloaded: 429, jail.SandboxError: 500}
+OUTCOMES = {jail.TimeLimitExceeded: "time_limit", jail.MemoryLimitExceeded: "memory_limit",
+            jail.OutputLimitExceeded: "output_limit", jail.ExecutionError: "execution_error",
+            jail.RequestError: "request_error", jail.Overloaded: "overloaded", jail.SandboxError: "sandbox_error"}
+NDJSON = "application/x-ndjson"
+STREAM_PIECE = 16384  # a line longer than this streams in pieces
+OPENAPI = json.loads((pathlib.Path(__file__).parent / "openapi.json").read_text())
+
+
+class Gate:
+    """At most ``running`` sandboxes at once and ``waiting`` requests queued
+    for one; a request beyond that is refused at once (Overloaded), never hangs."""
+
+    def __init__(self, running: int, waiting: int, retry_after: int):
+        self._slots = asyncio.Semaphore(running)
+        self.max_waiting, self.retry_after = waiting, retry_after
+        self.running = self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        if self._slots.locked() and self.waiting >= self.max_waiting:
+            raise jail.Overloaded(f"Overloaded: {self.running} sandboxes running and {self.waiting} requests "
+                                  f"waiting; try again later", retry_after=self.retry_after)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._slots.release()
+
+
+class Metrics:
+    """Prometheus metrics in a registry of the app's own."""
+
+    def __init__(self, gate: Gate):
+        self.registry = prometheus_client.CollectorRegistry()
+        self.requests = prometheus_client.Counter(
+            "jail_requests", "Evaluate requests by language and outcome", ["language", "outcome"],
+            registry=self.registry)
+        self.duration = prometheus_client.Histogram(
+            "jail_run_duration_seconds", "Wall time of a snippet's sandbox, launch to exit", ["language"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
+        self.rejections = prometheus_client.Counter(
+            "jail_rejections", "Requests refused because the queue was full", registry=self.registry)
+        running = prometheus_client.Gauge("jail_sandboxes_running", "Sandboxes running now", registry=self.registry)
+        running.set_function(lambda: gate.running)
+        queued = prometheus_client.Gauge("jail_queue_depth", "Requests waiting for a sandbox", registry=self.registry)
+        queued.set_function(lambda: gate.waiting)
+
+
+SETTINGS = web.AppKey("settings", Settings)
+GATE = web.AppKey("gate", Gate)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def _problem(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"type": "RequestError", "message": message}}, status=status)
+
+
+async def _read_json(request: web.Request, limit: int):
+    """The body as a JSON object, or an HTTP error that says what is wrong."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text=f"Content-Type must be application/json, not {request.content_type or 'missing'}")
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length,
+                                            text=f"the body is over the limit of {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body),
+                                            text=f"the body is over the limit of {limit} bytes")
+    if not body.strip():
+        raise jail.RequestError("the body is empty: send a JSON object such as {\"code\": \"return 1\"}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise jail.RequestError(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise jail.RequestError(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
+            from None
+    except RecursionError:
+        raise jail.RequestError("the body is not valid JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise jail.RequestError(f"the body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _no_constants(name):
+    raise jail.RequestError(f"the body is not valid JSON: {name} is not a JSON value "
+                            f"(send non-finite floats as strings typed \"float\")")
+
+
+def _fields(data: dict) -> dict:
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise jail.RequestError(f"unknown field(s): {', '.join(unknown)}; the fields are {', '.join(FIELDS)}")
+    if "code" not in data:
+        raise jail.RequestError("code: missing (the snippet to run)")
+    for name, kind, text in (("code", str, "a string"), ("language", str, "a string"), ("scope", dict, "an object"),
+                             ("types", dict, "an object"), ("limits", dict, "an object")):
+        if name in data and not isinstance(data[name], kind):
+            raise jail.RequestError(f"{name}: must be {text}, not {type(data[name]).__name__}")
+    return data
+
+
+def _server_timing(**durations) -> str:
+    return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in durations.items())
+
+
+async def evaluate(request: web.Request) -> web.StreamResponse:
+    settings, gate = request.app[SETTINGS], request.app[GATE]
+    started = time.monotonic()
+    fields = _fields(await _read_json(request, settings.max_body_bytes))
+    request["language"] = fields.get("language", "python")
+    # Over HTTP the scope is JSON: it goes to the snippet as it is (types={} not None).
+    prepared = _run.prepare(fields["code"], request["language"], fields.get("scope", {}),
+                            types=fields.get("types", {}), limits=fields.get("limits"), policy=settings.policy)
+    async with gate.slot():
+        request["queue_s"] = time.monotonic() - started
+        if NDJSON in request.headers.get("Accept", ""):
+            return await _stream(request, prepared)
+        run_started = time.monotonic()
+        try:
+            result = await _run.run_prepared(prepared)
+        finally:
+            request["run_s"] = time.monotonic() - run_started
+    response = web.json_response(result_body(result))
+    response.headers["Server-Timing"] = _server_timing(queue=request["queue_s"], sandbox=request["run_s"],
+                                                       total=time.monotonic() - started)
+    return response
+
+
+async def _stream(request: web.Request, prepared) -> web.StreamResponse:
+    """stdout/stderr lines as they come, then the body the plain call would answer."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": NDJSON})
+    await response.prepare(request)
+    lines = asyncio.Queue()
+    decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
+    pending = {"stdout": "", "stderr": ""}
+
+    def on_output(stream, data):
+        # Whole lines as they complete (print() writes its newline separately);
+        # a long line without one goes out in pieces.
+        text = pending[stream] + decoders[stream].decode(data)
+        cut = text.rfind("\n") + 1 if len(text) < STREAM_PIECE else len(text)
+        pending[stream] = text[cut:]
+        if cut:
+            lines.put_nowait({stream: text[:cut]})
+
+    def flush():
+        for stream, text in pending.items():
+            text += decoders[stream].decode(b"", final=True)
+            if text:
+                lines.put_nowait({stream: text})
+
+    async def write_lines():
+        while (line := await lines.get()) is not None:
+            await response.write(json.dumps(line).encode() + b"\n")
+
+    writer = asyncio.create_task(write_lines())
+    run_started = time.monotonic()
+    try:
+        result = await _run.run_prepared(prepared, on_output=on_output)
+        final, request["status"] = result_body(result), 200
+    except jail.JailError as error:
+        final, request["status"] = error_body(error), STATUS[_status_class(error)]
+        request["outcome"] = _outcome(error)
+    finally:
+        request["run_s"] = time.monotonic() - run_started
+        flush()
+        lines.put_nowait(None)
+        await writer
+    await response.write(json.dumps(final).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+def _status_class(error):
+    return next(cls for cls in STATUS if isinstance(error, cls))
+
+
+def _outcome(error):
+    return next(name for cls, name in OUTCOMES.items() if isinstance(error, cls))
+
+
+@web.middleware
+async def errors_logs_and_metrics(request: web.Request, handler):
+    """Maps errors to DESIGN.md's table, logs one JSON line, counts the request."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    started = time.monotonic()
+    headers = {"X-Request-Id": request_id}
+    try:
+        response = await handler(request)
+    except jail.JailError as error:
+        cls = _status_class(error)
+        request["outcome"] = _outcome(error)
+        if isinstance(error, jail.Overloaded):
+            headers["Retry-After"] = str(error.retry_after)
+            request.app[METRICS].rejections.inc()
+        response = web.json_response(error_body(error), status=STATUS[cls])
+    except web.HTTPException as exc:  # aiohttp's own: 404, 405, 413, 415
+        request["outcome"] = "request_error"
+        response = _problem(exc.status, exc.text if exc.text and not exc.text.startswith(str(exc.status))
+                            else f"{exc.reason}: {request.method} {request.path}")
+        if "Allow" in exc.headers:
+            headers["Allow"] = exc.headers["Allow"]
+    except Exception:  # never a traceback to the client
+        log.exception("internal error")
+        request["outcome"] = "sandbox_error"
+        response = web.json_response({"error": {"type": "SandboxError", "message": "internal error"}}, status=500)
+    response.headers.update(headers)
+    if request.path == "/evaluate":
+        outcome = request.get("outcome", "ok")
+        language = request.get("language", "unknown")
+        if language not in jail.LANGUAGES:
+            language = "unknown"
+        metrics = request.app[METRICS]
+        metrics.requests.labels(language, outcome).inc()
+        if "run_s" in request:
+            metrics.duration.labels(language).observe(request["run_s"])
+        log.info(json.dumps({
+            "request_id": request_id, "method": request.method, "path": request.path,
+            "status": request.get("status", response.status), "language": language, "outcome": outcome,
+            "queue_ms": round(request.get("queue_s", 0) * 1000, 2), "run_ms": round(request.get("run_s", 0) * 1000, 2),
+            "total_ms": round((time.monotonic() - started) * 1000, 2),
+        }))
+    return response
 
 
 async def healthz(request):
@@ -19,31 +267,47 @@ async def healthz(request):
 
 
 async def readyz(request):
-    """Ready when a real sandbox runs a trivial program on this host."""
+    """Ready when a real sandbox runs a trivial snippet on this host."""
     try:
-        outcome = await _process.run_program(_runtime.python(), ("-c", "print(1)"))
-    except Exception as exc:  # any failure of the sandbox itself means not ready
+        result = await jail.run_async("return 1", policy=request.app[SETTINGS].policy)
+    except jail.JailError as exc:
         return web.json_response({"status": "unavailable", "reason": str(exc)}, status=503)
-    if outcome.stdout != b"1\n":
-        return web.json_response({"status": "unavailable", "reason": "the trivial run gave a wrong answer"},
+    if result.output != 1:
+        return web.json_response({"status": "unavailable", "reason": "a trivial snippet gave a wrong answer"},
                                  status=503)
     return web.json_response({"status": "ready"})
 
 
-def create_app() -> web.Application:
-    app = web.Application()
+async def metrics(request):
+    body = prometheus_client.generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+async def openapi(request):
+    return web.json_response(OPENAPI)
+
+
+def create_app(settings: Settings = None) -> web.Application:
+    settings = settings or Settings()
+    app = web.Application(middlewares=[errors_logs_and_metrics], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[GATE] = Gate(settings.max_concurrency, settings.queue_depth, settings.retry_after_s)
+    app[METRICS] = Metrics(app[GATE])
+    app.router.add_post("/evaluate", evaluate)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     return app
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="jail-server", description="Serve the snippet sandbox over HTTP.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
+    settings = from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    web.run_app(create_app(), host=args.host, port=args.port, print=lambda text: log.info(text))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our own line per request instead
+    # handler_cancellation: a client that goes away gets its sandbox killed.
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, handler_cancellation=True,
+                shutdown_timeout=settings.shutdown_timeout_s, print=lambda text: log.info(text))
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def decode(value: Any, types: Mapping[str, str] | None = None, *, scope: bool = 
     holder = [value]  # gives the root a parent, so "" is handled like any other pointer
     copied: set[int] = set()
     for pointer, name in types.items():
-        if name not in TYPE_NAMES:
+        if not isinstance(name, str) or name not in TYPE_NAMES:
             raise ValueError(f"unknown type {name!r} at {pointer!r}")
         parts = parse_pointer(pointer)
         if scope and not parts:

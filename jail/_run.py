@@ -13,12 +13,13 @@ import keyword
 from jail import _codec, _process, _runtime
 from jail._errors import (ExecutionError, MemoryLimitExceeded, OutputLimitExceeded, RequestError,
                           TimeLimitExceeded)
-from jail._policy import DEFAULT_POLICY, MiB, Limits, Policy
+from jail._policy import DEFAULT_POLICY, Limits, Policy
 
 LANGUAGES = ("python", "javascript")
 HARNESS = {"python": "run.py", "javascript": "run.js"}
 # Per-call limits a caller may set (the rest are the policy's alone).
 CALLER_LIMITS = ("timeout_ms", "memory_mb", "output_bytes")
+MIN_MEMORY_MB = 32
 
 JS_RESERVED = frozenset("""
     break case catch class const continue debugger default delete do else enum export extends false finally for
@@ -101,17 +102,22 @@ def _limits(limits, policy: Policy) -> Limits:
     for name, value in limits.items():
         if type(value) is not int or value <= 0:
             raise RequestError(f"limits.{name}: must be a positive integer, not {value!r}")
+    if limits.get("memory_mb", MIN_MEMORY_MB) < MIN_MEMORY_MB:
+        raise RequestError(f"limits.memory_mb: must be at least {MIN_MEMORY_MB} (an interpreter needs that to start)")
     return policy.capped(dataclasses.replace(policy.limits, **limits))
 
 
-def _execution_error(error: dict) -> ExecutionError:
+def _execution_error(error: dict, limits: Limits) -> ExecutionError:
     name = error.get("name") or "Error"
     message = error.get("message") or name
-    cls = ExecutionError
+    position = {"line": error.get("line"), "column": error.get("column"), "traceback": error.get("traceback")}
     if name == "MemoryError" or (name == "RangeError" and "allocation failed" in message):
-        cls = MemoryLimitExceeded
-    return cls(message, name=name, line=error.get("line"), column=error.get("column"),
-               traceback=error.get("traceback"))
+        return MemoryLimitExceeded(_memory_message(limits), name=name, **position)
+    return ExecutionError(message, name=name, **position)
+
+
+def _memory_message(limits: Limits) -> str:
+    return f"MemoryLimitExceeded: the snippet used more than {limits.memory_mb} MiB of memory"
 
 
 def _limit_error(cls, text) -> ExecutionError:
@@ -139,7 +145,7 @@ def _read_outcome(outcome, limits, stdout, stderr) -> Result:
     if outcome.result_exceeded:
         raise _limit_error(OutputLimitExceeded, f"the returned value went over {limits.result_bytes} bytes")
     if outcome.oom_killed or "JavaScript heap out of memory" in stderr or "Reached heap limit" in stderr:
-        raise _limit_error(MemoryLimitExceeded, f"the snippet used more than {limits.memory_mb} MiB of memory")
+        raise MemoryLimitExceeded(_memory_message(limits), name="MemoryLimitExceeded")
     if outcome.seccomp_killed:
         raise _limit_error(ExecutionError, "the snippet made a forbidden system call and was killed")
     message = _message(outcome)
@@ -150,7 +156,7 @@ def _read_outcome(outcome, limits, stdout, stderr) -> Result:
             raise ExecutionError(f"TypeError: {exc}", name="TypeError") from None
         return Result(output=output, stdout=stdout, stderr=stderr, stats=outcome.stats,
                       value=message["value"], types=message.get("types") or {})
-    raise _execution_error(message["error"])
+    raise _execution_error(message["error"], limits)
 
 
 def _message(outcome):
@@ -170,7 +176,18 @@ def _message(outcome):
     return message
 
 
-def _prepare(code, language, scope, types, limits, policy):
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A checked request, ready to run: what run_async does before it takes a sandbox."""
+
+    language: str
+    policy: Policy
+    limits: Limits
+    request: bytes  # the harness's stdin
+
+
+def prepare(code, language="python", scope=None, *, types=None, limits=None, policy=None) -> Prepared:
+    """Checks the arguments of run() (RequestError) without running anything."""
     if not isinstance(code, str):
         raise RequestError(f"code: must be a string, not {type(code).__name__}")
     _check_language(language)
@@ -181,20 +198,22 @@ def _prepare(code, language, scope, types, limits, policy):
     run_limits = _limits(limits, policy)
     # ASCII escapes carry lone surrogates, which UTF-8 cannot.
     request = json.dumps({"code": code, "scope": scope_json, "types": scope_types}, allow_nan=False).encode()
-    if len(request) > policy.max_limits.result_bytes + 8 * MiB:
-        raise RequestError("the request is too large")
-    return policy, run_limits, request
+    return Prepared(language, policy, run_limits, request)
 
 
-async def run_async(code, language="python", scope=None, *, types=None, limits=None, policy=None,
-                    on_output=None) -> Result:
+async def run_prepared(prepared: Prepared, on_output=None) -> Result:
+    """Runs a prepared request in a fresh sandbox. ``on_output(stream, data)``
+    sees stdout/stderr bytes as they arrive."""
+    runtime = _runtime.LANGUAGES[prepared.language]()
+    program = (f"{_runtime.HARNESS_INSIDE}/{HARNESS[prepared.language]}",)
+    outcome = await _process.run_program(runtime, program, policy=prepared.policy, limits=prepared.limits,
+                                         stdin=prepared.request, on_output=on_output)
+    return _interpret(outcome, prepared.limits)
+
+
+async def run_async(code, language="python", scope=None, *, types=None, limits=None, policy=None) -> Result:
     """Runs code in a fresh sandbox; see run()."""
-    policy, run_limits, request = _prepare(code, language, scope, types, limits, policy)
-    runtime = _runtime.LANGUAGES[language]()
-    program = (f"{_runtime.HARNESS_INSIDE}/{HARNESS[language]}",)
-    outcome = await _process.run_program(runtime, program, policy=policy, limits=run_limits, stdin=request,
-                                         on_output=on_output)
-    return _interpret(outcome, run_limits)
+    return await run_prepared(prepare(code, language, scope, types=types, limits=limits, policy=policy))
 
 
 def run(code, language="python", scope=None, *, types=None, limits=None, policy=None) -> Result:
@@ -209,4 +228,3 @@ def run(code, language="python", scope=None, *, types=None, limits=None, policy=
     Raises RequestError, ExecutionError (and its limit subclasses) or SandboxError.
     """
     return _process.run_sync(run_async(code, language, scope, types=types, limits=limits, policy=policy))
-

@@ -224,3 +224,9 @@ def test_pointer_helpers():
     assert codec.parse_pointer("") == []
     assert codec.parse_pointer("/") == [""]
     assert codec.parse_pointer("/~01/a~1b/~0") == ["~1", "a/b", "~"]
+
+
+@pytest.mark.parametrize("name", [{}, [], 1, None])
+def test_a_type_name_that_is_not_a_string_is_refused(name):
+    with pytest.raises(ValueError, match="unknown type"):
+        codec.decode_scope({"x": "1"}, {"/x": name})

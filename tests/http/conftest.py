@@ -1,0 +1,115 @@
+"""A real server on a loopback port, started as a subprocess the way `make serve`
+starts it (python -m jail_http), with settings from the environment."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, path=None, prefix=(), **settings):
+        self.terminated = False
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JAIL_")}
+        env.update({f"JAIL_{k.upper()}": str(v) for k, v in settings.items()})
+        if path is not None:
+            env["PATH"] = path
+        self.process = subprocess.Popen([*prefix, sys.executable, "-m", "jail_http", "--port", str(self.port)],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError("the server died: " + self.process.stdout.read())
+                time.sleep(0.05)
+        raise RuntimeError("the server did not answer /healthz within 30 s")
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        """(status, headers, body bytes); never raises for an HTTP status."""
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, error.read()
+
+    def evaluate(self, body, **kwargs):
+        status, headers, raw = self.request("POST", "/evaluate", body, **kwargs)
+        return status, headers, json.loads(raw)
+
+    def terminate(self):
+        """SIGTERM, once: a second one during the graceful shutdown would kill it."""
+        if not self.terminated and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.terminated = True
+
+    def stop(self) -> tuple:
+        """SIGTERM; (exit code, everything it printed)."""
+        self.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return self.process.returncode, out
+
+
+@pytest.fixture(scope="module")
+def server():
+    running = Server()
+    yield running
+    code, out = running.stop()
+    assert code == 0, out[-2000:]
+
+
+@pytest.fixture
+def make_server():
+    """make_server(path=None, prefix=(), **settings) -> a Server of its own (its command
+    line after prefix), stopped after the test."""
+    started = []
+
+    def make(**settings):
+        started.append(Server(**settings))
+        return started[-1]
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+def sandbox_processes():
+    """Host processes that belong to sandboxes: uids of the sandbox range
+    (root server), or interpreters running the harness."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, StopIteration):
+            continue
+        if 200_000 <= uid < 204_096 or b"/opt/harness/" in cmdline:
+            found.append(int(pid))
+    return found
