@@ -10,7 +10,7 @@ import aiohttp
 import jsonschema
 import pytest
 
-from conftest import sandbox_processes
+from host import sandbox_processes
 
 OPENAPI = json.loads((pathlib.Path(__file__).parents[2] / "http" / "openapi.json").read_text())
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import pytest
+from host import sandbox_processes
 
 from jail._policy import Limits, Policy
 
@@ -207,25 +208,7 @@ def test_fork_bomb_is_contained_and_the_host_still_forks(sandbox_python):
     forked = int(out.stdout.split()[1])
     assert forked < 32
     assert subprocess.run(["true"]).returncode == 0
-    assert _processes_of_uid_range() == []
-
-
-def _processes_of_uid_range(policy=Policy()):
-    """Host pids whose real uid is a sandbox uid, or, when unprivileged, whose
-    command line carries our markers."""
-    first, count = policy.uid_range
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (OSError, StopIteration):
-            continue
-        if first <= uid < first + count or b"jail-daemon-marker" in cmdline:
-            found.append(int(pid))
-    return found
+    assert sandbox_processes(b"jail-daemon-marker") == []
 
 
 def test_daemonized_grandchild_is_gone_when_the_run_ends(sandbox_python):
@@ -241,7 +224,7 @@ def test_daemonized_grandchild_is_gone_when_the_run_ends(sandbox_python):
     )
     out = sandbox_python(daemon)
     assert out.stdout == b"parent done\n"
-    assert _processes_of_uid_range() == []
+    assert sandbox_processes(b"jail-daemon-marker") == []
 
 
 class _Sleeper:
