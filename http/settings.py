@@ -24,6 +24,7 @@ class Settings:
     max_timeout_ms: int = jail.DEFAULT_POLICY.max_limits.timeout_ms
     max_memory_mb: int = jail.DEFAULT_POLICY.max_limits.memory_mb
     max_output_bytes: int = jail.DEFAULT_POLICY.max_limits.output_bytes
+    backend: str = "native"  # or "bwrap", "nsjail"
 
     def __post_init__(self):
         for name in ("port", "max_body_bytes", "max_concurrency", "retry_after_s"):
@@ -38,7 +39,7 @@ class Settings:
         """The default policy with this server's caps; the defaults stay within them."""
         caps = dataclasses.replace(jail.DEFAULT_POLICY.max_limits, timeout_ms=self.max_timeout_ms,
                                    memory_mb=self.max_memory_mb, output_bytes=self.max_output_bytes)
-        base = jail.Policy(max_limits=caps)
+        base = jail.Policy(max_limits=caps, backend=self.backend)
         return dataclasses.replace(base, limits=base.capped(base.limits))
 
 
@@ -53,6 +54,7 @@ OPTIONS = {
     "max_timeout_ms": ("JAIL_MAX_TIMEOUT_MS", int, "cap of a request's limits.timeout_ms"),
     "max_memory_mb": ("JAIL_MAX_MEMORY_MB", int, "cap of a request's limits.memory_mb"),
     "max_output_bytes": ("JAIL_MAX_OUTPUT_BYTES", int, "cap of a request's limits.output_bytes"),
+    "backend": ("JAIL_BACKEND", str, "sandbox backend: native (default), bwrap or nsjail"),
 }
 
 

@@ -7,9 +7,11 @@ own machines), else none (the rlimits still apply, and stats say "none").
 """
 
 import dataclasses
+import errno
 import functools
 import itertools
 import os
+import time
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 GROUP = "snippet-jail"  # our parent group in each hierarchy; left in place, empty
@@ -96,7 +98,7 @@ class SandboxCgroup:
 
     def __init__(self, memory_bytes: int, processes: int):
         self.mode = detect().mode
-        name = f"{os.getpid()}-{next(_names)}"
+        self.name = name = f"{os.getpid()}-{next(_names)}"
         if self.mode == "v2":
             self.paths = [f"{CGROUP_ROOT}/{GROUP}/{name}"]
         elif self.mode == "v1":
@@ -139,11 +141,33 @@ class SandboxCgroup:
             return _read_key(f"{self.paths[0]}/memory.events", "oom_kill") > 0
         return False
 
+    def pids(self) -> list:
+        """The processes in the group now."""
+        if not self.paths:
+            return []
+        with open(self.join_files[0].rsplit("/", 1)[0] + "/cgroup.procs") as f:
+            return [int(line) for line in f]
+
+    def holds(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                return any(line.rstrip("\n").endswith(self.name) for line in f)
+        except OSError:
+            return False
+
     def remove(self) -> None:
-        """Called once every process of the sandbox is gone."""
+        """Called once the sandbox is dead; its last processes may still be
+        on their way out, which rmdir reports as EBUSY for a moment."""
+        deadline = time.monotonic() + 5
         for path in self.paths:
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                pass
+            while True:
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.001)
         self.paths = []

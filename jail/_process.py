@@ -162,15 +162,23 @@ async def execute(backend, spec, stdin: bytes = b"", on_output=None) -> Outcome:
         finished = sandbox.finish()
 
     wall_ms = (time.monotonic() - started) * 1000
+    exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    killed_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    base = finished.signal_exit_base
+    if base and exit_code is not None and base < exit_code <= base + signal.SIGRTMAX:
+        exit_code, killed_by = None, exit_code - finished.signal_exit_base
     stats = Stats(
         backend=getattr(backend, "name", "?"),
         wall_ms=round(wall_ms, 3),
         cpu_ms=round((usage.ru_utime + usage.ru_stime) * 1000, 3),
         peak_memory=finished.peak_memory or usage.ru_maxrss * 1024,
-        exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-        signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        exit_code=exit_code,
+        signal=killed_by,
         cgroup=finished.cgroup,
     )
+    failure = None if buffers[out_fds[2]] else sandbox.setup_failure(bytes(buffers[out_fds[1]]), exit_code)
+    if failure:
+        raise SandboxError(failure)
     if stats.signal == signal.SIGXCPU or (stats.signal == signal.SIGKILL and usage.ru_utime + usage.ru_stime
                                           >= limits.cpu_seconds):
         flags["timed_out"] = True

@@ -1,6 +1,7 @@
-"""Builds the seccomp filter of a profile once, as BPF bytes, with pyseccomp.
+"""Builds a profile's seccomp filter once: as BPF bytes with pyseccomp (native
+and bwrap), or as Kafel policy text (nsjail), from the same rules.
 
-The launcher installs these bytes as they are (it links no libseccomp): see
+The launcher installs the BPF as it is (it links no libseccomp): see
 jail/_syscalls.py for what is allowed, refused with an errno, or killed.
 """
 
@@ -12,44 +13,88 @@ import pyseccomp as seccomp
 
 from jail import _syscalls
 
+ALLOW, KILL = ("allow",), ("kill",)
+EPERM, ENOSYS = ("errno", errno.EPERM), ("errno", errno.ENOSYS)
+DEFAULT = EPERM
 
-def _rules(profile: str, scratch: bool):
-    """(action, syscall, args) triples of one profile: the data the BPF and
-    any other rendering (nsjail's Kafel) are made from."""
-    allow, kill = seccomp.ALLOW, seccomp.KILL_PROCESS
+# Kafel spells a few x86_64 syscalls by the kernel's internal names.
+KAFEL_NAMES = {"fstat": "newfstat", "stat": "newstat", "lstat": "newlstat", "uname": "newuname",
+               "sendfile": "sendfile64", "umount2": "umount"}
+
+
+def rules(profile: str, scratch: bool) -> list:
+    """(action, syscall, conditions): a condition is (arg, value) for arg ==
+    value, or (arg, mask, value) for (arg & mask) == value."""
     names = _syscalls.COMMON + _syscalls.PROFILE_EXTRAS[profile]
     if scratch:
         names += _syscalls.SCRATCH_WRITES
-    rules = [(allow, name, ()) for name in names]
-    rules += [(seccomp.ERRNO(errno.ENOSYS), name, ()) for name in _syscalls.ENOSYS]
-    rules += [(kill, name, ()) for name in _syscalls.KILL]
-
-    rules += [(allow, "socket", (seccomp.Arg(0, seccomp.EQ, _syscalls.AF_UNIX),))]
-    rules += [(allow, "socketpair", (seccomp.Arg(0, seccomp.EQ, _syscalls.AF_UNIX),))]
-    rules += [(allow, "ioctl", (seccomp.Arg(1, seccomp.EQ, request),)) for request in _syscalls.IOCTL_REQUESTS]
-    rules += [(allow, "prctl", (seccomp.Arg(0, seccomp.EQ, option),)) for option in _syscalls.PRCTL_OPTIONS]
-
+    out = [(ALLOW, name, ()) for name in names]
+    out += [(ENOSYS, name, ()) for name in _syscalls.ENOSYS]
+    out += [(KILL, name, ()) for name in _syscalls.KILL]
+    out += [(ALLOW, "socket", ((0, _syscalls.AF_UNIX),)), (ALLOW, "socketpair", ((0, _syscalls.AF_UNIX),))]
+    out += [(ALLOW, "ioctl", ((1, request),)) for request in _syscalls.IOCTL_REQUESTS]
+    out += [(ALLOW, "prctl", ((0, option),)) for option in _syscalls.PRCTL_OPTIONS]
     ns_flags = _syscalls.NAMESPACE_CLONE_FLAGS
-    rules += [(allow, "clone", (seccomp.Arg(0, seccomp.MASKED_EQ, ns_flags, 0),))]
-    for bit in (1 << i for i in range(64) if ns_flags >> i & 1):
-        rules += [(kill, "clone", (seccomp.Arg(0, seccomp.MASKED_EQ, bit, bit),))]
-
+    out += [(ALLOW, "clone", ((0, ns_flags, 0),))]
+    out += [(KILL, "clone", ((0, bit, bit),)) for bit in (1 << i for i in range(64) if ns_flags >> i & 1)]
     if scratch:
-        rules += [(allow, "open", ()), (allow, "openat", ())]
+        out += [(ALLOW, "open", ()), (ALLOW, "openat", ())]
     else:
         write_flags = _syscalls.OPEN_WRITE_FLAGS
-        rules += [(allow, "open", (seccomp.Arg(1, seccomp.MASKED_EQ, write_flags, 0),))]
-        rules += [(allow, "openat", (seccomp.Arg(2, seccomp.MASKED_EQ, write_flags, 0),))]
-    return rules
+        out += [(ALLOW, "open", ((1, write_flags, 0),)), (ALLOW, "openat", ((2, write_flags, 0),))]
+    return out
+
+
+def _pyseccomp_action(action):
+    return {"allow": seccomp.ALLOW, "kill": seccomp.KILL_PROCESS}.get(action[0]) or seccomp.ERRNO(action[1])
+
+
+def _pyseccomp_arg(condition):
+    if len(condition) == 2:
+        return seccomp.Arg(condition[0], seccomp.EQ, condition[1])
+    return seccomp.Arg(condition[0], seccomp.MASKED_EQ, condition[1], condition[2])
 
 
 @functools.lru_cache(maxsize=None)
 def filter_bytes(profile: str, scratch: bool = False) -> bytes:
     """The BPF program (struct sock_filter[]) of a profile."""
-    sandbox_filter = seccomp.SyscallFilter(seccomp.ERRNO(errno.EPERM))
-    for action, name, args in _rules(profile, scratch):
-        sandbox_filter.add_rule(action, name, *args)
+    sandbox_filter = seccomp.SyscallFilter(_pyseccomp_action(DEFAULT))
+    for action, name, conditions in rules(profile, scratch):
+        sandbox_filter.add_rule(_pyseccomp_action(action), name, *map(_pyseccomp_arg, conditions))
     with tempfile.TemporaryFile() as out:
         sandbox_filter.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+def _kafel_action(action) -> str:
+    return {"allow": "ALLOW", "kill": "KILL_PROCESS"}.get(action[0]) or f"ERRNO({action[1]})"
+
+
+def _kafel_condition(condition) -> str:
+    if len(condition) == 2:
+        return f"a{condition[0]} == {condition[1]:#x}"
+    return f"(a{condition[0]} & {condition[1]:#x}) == {condition[2]:#x}"
+
+
+@functools.lru_cache(maxsize=None)
+def kafel_policy(profile: str, scratch: bool = False) -> str:
+    """The same rules as Kafel text for nsjail's --seccomp_string."""
+    by_action = {}
+    for action, name, conditions in rules(profile, scratch):
+        name = KAFEL_NAMES.get(name, name)
+        entries = by_action.setdefault(_kafel_action(action), {})
+        entries.setdefault(name, []).extend([conditions] if conditions else [()])
+    blocks = []
+    for action, entries in by_action.items():
+        items = []
+        for name, alternatives in entries.items():
+            if () in alternatives:
+                items.append(name)
+            else:
+                arity = 1 + max(c[0] for alts in alternatives for c in alts)
+                params = ", ".join(f"a{i}" for i in range(arity))
+                test = " || ".join("(" + " && ".join(map(_kafel_condition, alts)) + ")" for alts in alternatives)
+                items.append(f"{name}({params}) {{ {test} }}")
+        blocks.append(f"  {action} {{\n    " + ",\n    ".join(items) + "\n  }")
+    return "POLICY sandbox {\n" + ",\n".join(blocks) + "\n}\nUSE sandbox DEFAULT " + _kafel_action(DEFAULT) + "\n"

@@ -1,65 +1,125 @@
-"""Benchmark: what a sandbox costs on top of the program it runs.
+"""Benchmark: each backend side by side, in one run, in one table.
 
-    python -m jail.bench [--runs N] [--json FILE]
+    make bench                       # or: python -m jail.bench [--runs N] [--json FILE]
+    python -m jail.bench --launcher  # what the launcher adds to /usr/bin/env, python -c, node -e
 
-For each program, the median and p99 wall time of starting it bare (posix_spawn
-and wait, no sandbox) and through each backend, interleaved run by run so that
-machine drift hits every column alike. Prints one table.
+For each language and each backend present: the bare interpreter's start (the
+floor), the median and p99 wall time of jail.run("return 1+1"), runs per
+second with 1 and 2 callers in parallel, then the median and the runs per
+second (2 clients) through HTTP against a local server of that backend. Runs
+interleave the backends round by round, so that drift of a shared machine hits
+them alike. Ratios are to nsjail where it is present, else to bwrap.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import threading
 import time
+import urllib.request
 
-from jail import _process, _runtime
+import jail
+from jail import _backends, _process, _runtime
+from jail._errors import SandboxError
+
+SNIPPET = "return 1+1"
+ALL_BACKENDS = ("native", "bwrap", "nsjail")
+BARE = {
+    "python": lambda: [_runtime._base_python(), *_runtime.python().flags, "-c", "pass"],
+    "javascript": lambda: [shutil.which("node"), "-e", "0"],
+}
 
 
-@dataclasses.dataclass
-class Case:
-    name: str
-    bare_argv: list  # on the host, no sandbox
-    runtime: object  # the same program in a sandbox
-    program: tuple
-
-
-def cases():
-    python = _runtime.python()
-    out = [
-        Case("/usr/bin/env", ["/usr/bin/env"], _runtime.binary("/usr/bin/env"), ()),
-        Case("python3 -c 'print(1)'", [_runtime._base_python(), *python.flags, "-c", "print(1)"], python,
-             ("-c", "print(1)")),
-    ]
-    node = shutil.which("node")
-    if node:
-        out.append(Case("node -e 'console.log(1)'", [node, "-e", "console.log(1)"], _runtime.javascript(),
-                        ("-e", "console.log(1)")))
-    return out
+def present_backends():
+    present = []
+    for name in ALL_BACKENDS:
+        try:
+            _backends.get(name)
+            present.append(name)
+        except SandboxError as exc:
+            print(f"# {name}: skipped ({exc})", file=sys.stderr)
+    return present
 
 
 def time_bare(argv) -> float:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        started = time.perf_counter()
-        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin"}, file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
-        os.waitpid(pid, 0)
-        return (time.perf_counter() - started) * 1000
-    finally:
-        os.close(devnull)
-
-
-def time_sandboxed(case) -> float:
     started = time.perf_counter()
-    outcome = _process.run_sync(_process.run_program(case.runtime, case.program))
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - started) * 1000
+
+
+def time_run(language, backend) -> float:
+    started = time.perf_counter()
+    result = jail.run(SNIPPET, language, policy=jail.Policy(backend=backend))
     elapsed = (time.perf_counter() - started) * 1000
-    if outcome.stats.exit_code != 0:
-        raise SystemExit(f"{case.name} failed in the sandbox: {outcome.stderr[-500:]!r}")
+    if result.output != 2:
+        raise SystemExit(f"{backend}/{language} answered {result.output!r}")
     return elapsed
+
+
+def rate(call, runs: int, callers: int) -> float:
+    """Runs per second of call() with `callers` threads, `runs` calls in all."""
+    share = [runs // callers + (i < runs % callers) for i in range(callers)]
+    threads = [threading.Thread(target=lambda n=n: [call() for _ in range(n)]) for n in share]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return runs / (time.perf_counter() - started)
+
+
+class Server:
+    """python -m jail_http on a free loopback port, for one backend."""
+
+    def __init__(self, backend):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = dict(os.environ, JAIL_BACKEND=backend, JAIL_MAX_CONCURRENCY="2")
+        self.process = subprocess.Popen([sys.executable, "-m", "jail_http", "--port", str(self.port)], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise SystemExit(f"the {backend} server did not start")
+                time.sleep(0.05)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+class HttpClient:
+    """One keep-alive connection per thread, like a real client."""
+
+    def __init__(self, port):
+        self.port = port
+        self.local = threading.local()
+
+    def evaluate(self, language) -> float:
+        import http.client
+
+        if not hasattr(self.local, "conn"):
+            self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        body = json.dumps({"code": SNIPPET, "language": language})
+        started = time.perf_counter()
+        self.local.conn.request("POST", "/evaluate", body, {"Content-Type": "application/json"})
+        response = self.local.conn.getresponse()
+        answer = response.read()
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.status != 200 or json.loads(answer) != {"output": 2}:
+            raise SystemExit(f"HTTP answered {response.status} {answer[:200]!r}")
+        return elapsed
 
 
 def p99(samples):
@@ -67,51 +127,135 @@ def p99(samples):
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def measure(runs: int):
+def measure(runs: int, burst: int):
+    backends = present_backends()
+    languages = [lang for lang in jail.LANGUAGES if BARE[lang]()[0]]
+    configs = [(lang, b) for lang in languages for b in backends]
+    servers = {b: Server(b) for b in backends}
+    clients = {b: HttpClient(servers[b].port) for b in backends}
+    samples = {c: {"bare": [], "run": [], "http": [], "rate1": [], "rate2": [], "http_rate2": []} for c in configs}
+    try:
+        for config in configs:  # warm caches: page cache, cgroups, server imports
+            for _ in range(3):
+                time_run(*config)
+                clients[config[1]].evaluate(config[0])
+        for round_number in range(runs):
+            order = configs if round_number % 2 == 0 else configs[::-1]
+            for language, backend in order:
+                cell = samples[(language, backend)]
+                cell["bare"].append(time_bare(BARE[language]()))
+                cell["run"].append(time_run(language, backend))
+                cell["http"].append(clients[backend].evaluate(language))
+            if round_number % max(1, runs // 3) == 0:  # throughput: a few bursts spread over the run
+                for language, backend in order:
+                    cell = samples[(language, backend)]
+                    cell["rate1"].append(rate(lambda: time_run(language, backend), burst, 1))
+                    cell["rate2"].append(rate(lambda: time_run(language, backend), burst, 2))
+                    cell["http_rate2"].append(rate(lambda: clients[backend].evaluate(language), burst, 2))
+    finally:
+        for server in servers.values():
+            server.stop()
+    reference = "nsjail" if "nsjail" in backends else "bwrap" if "bwrap" in backends else None
     rows = []
-    for case in cases():
-        samples = {"bare": [], "native": []}
-        for _ in range(3):  # warm caches before measuring
-            time_bare(case.bare_argv)
-            time_sandboxed(case)
-        for _ in range(runs):
-            samples["bare"].append(time_bare(case.bare_argv))
-            samples["native"].append(time_sandboxed(case))
-        bare, sandboxed = statistics.median(samples["bare"]), statistics.median(samples["native"])
+    for language, backend in configs:
+        cell = samples[(language, backend)]
         rows.append({
-            "program": case.name,
-            "bare_median_ms": round(bare, 2),
-            "native_median_ms": round(sandboxed, 2),
-            "native_p99_ms": round(p99(samples["native"]), 2),
-            "overhead_ms": round(sandboxed - bare, 2),
-            "ratio": round(sandboxed / bare, 2),
+            "language": language, "backend": backend,
+            "bare_ms": statistics.median(cell["bare"]),
+            "run_median_ms": statistics.median(cell["run"]), "run_p99_ms": p99(cell["run"]),
+            "runs_per_s_1": statistics.median(cell["rate1"]), "runs_per_s_2": statistics.median(cell["rate2"]),
+            "http_median_ms": statistics.median(cell["http"]), "http_p99_ms": p99(cell["http"]),
+            "http_runs_per_s_2": statistics.median(cell["http_rate2"]),
         })
+    for row in rows:
+        ref = next((r for r in rows if r["language"] == row["language"] and r["backend"] == reference), None)
+        row["reference"] = reference
+        row["latency_vs_reference"] = row["run_median_ms"] / ref["run_median_ms"] if ref else None
+        row["throughput_vs_reference"] = row["runs_per_s_2"] / ref["runs_per_s_2"] if ref else None
+        row["http_throughput_vs_reference"] = row["http_runs_per_s_2"] / ref["http_runs_per_s_2"] if ref else None
     return rows
 
 
-def print_table(rows, runs):
-    print(f"# {runs} runs each, interleaved; {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-          f"Linux {platform.release()}, Python {platform.python_version()}")
-    header = ["program", "bare median ms", "native median ms", "native p99 ms", "overhead ms", "native/bare"]
+def machine() -> str:
+    return (f"{platform.node()}, {os.cpu_count()} cores, Linux {platform.release()}, Python "
+            f"{platform.python_version()}, node {subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip() if shutil.which('node') else '-'}")
+
+
+def print_table(rows, runs, burst):
+    reference = rows[0]["reference"] if rows else None
+    print(f"# jail.run({SNIPPET!r}): {runs} interleaved runs per cell, throughput bursts of {burst}; {machine()}")
+    header = ["language", "backend", "bare start ms", "run median ms", "run p99 ms", "runs/s x1", "runs/s x2",
+              "HTTP median ms", "HTTP p99 ms", "HTTP runs/s x2",
+              f"latency / {reference}", f"runs/s / {reference}", f"HTTP runs/s / {reference}"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print(f"| {row['program']} | {row['bare_median_ms']:.2f} | {row['native_median_ms']:.2f} | "
-              f"{row['native_p99_ms']:.2f} | {row['overhead_ms']:+.2f} | {row['ratio']:.2f} |")
+
+    def ratio(value):
+        return f"{value:.2f}" if value is not None else "-"
+
+    for r in rows:
+        print(f"| {r['language']} | {r['backend']} | {r['bare_ms']:.1f} | {r['run_median_ms']:.1f} | "
+              f"{r['run_p99_ms']:.1f} | {r['runs_per_s_1']:.0f} | {r['runs_per_s_2']:.0f} | "
+              f"{r['http_median_ms']:.1f} | {r['http_p99_ms']:.1f} | {r['http_runs_per_s_2']:.0f} | "
+              f"{ratio(r['latency_vs_reference'])} | {ratio(r['throughput_vs_reference'])} | "
+              f"{ratio(r['http_throughput_vs_reference'])} |")
+
+
+# -- what the launcher itself adds (python -m jail.bench --launcher) ---------------------------
+
+def launcher_cases():
+    cases = [("/usr/bin/env", ["/usr/bin/env"], _runtime.binary("/usr/bin/env"), ()),
+             ("python3 -c 'print(1)'", [_runtime._base_python(), *_runtime.python().flags, "-c", "print(1)"],
+              _runtime.python(), ("-c", "print(1)"))]
+    if shutil.which("node"):
+        cases.append(("node -e 'console.log(1)'", [shutil.which("node"), "-e", "console.log(1)"],
+                      _runtime.javascript(), ("-e", "console.log(1)")))
+    return cases
+
+
+def measure_launcher(runs: int):
+    rows = []
+    for name, bare_argv, runtime, program in launcher_cases():
+        bare, boxed = [], []
+        for i in range(runs + 3):
+            b = time_bare(bare_argv)
+            started = time.perf_counter()
+            outcome = _process.run_sync(_process.run_program(runtime, program))
+            s = (time.perf_counter() - started) * 1000
+            if outcome.stats.exit_code != 0:
+                raise SystemExit(f"{name} failed in the sandbox: {outcome.stderr[-300:]!r}")
+            if i >= 3:
+                bare.append(b)
+                boxed.append(s)
+        rows.append({"program": name, "bare_median_ms": statistics.median(bare),
+                     "native_median_ms": statistics.median(boxed), "native_p99_ms": p99(boxed)})
+    print(f"# launcher: {runs} interleaved runs each; {machine()}")
+    print("| program | bare median ms | native median ms | native p99 ms | overhead ms |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['program']} | {r['bare_median_ms']:.2f} | {r['native_median_ms']:.2f} | "
+              f"{r['native_p99_ms']:.2f} | {r['native_median_ms'] - r['bare_median_ms']:+.2f} |")
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m jail.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=100, help="runs of each program on each side (default 100)")
+    parser.add_argument("--runs", type=int, default=40, help="interleaved rounds (default 40)")
+    parser.add_argument("--burst", type=int, default=20, help="runs per throughput burst (default 20)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    parser.add_argument("--launcher", action="store_true", help="only what the launcher adds to a bare program")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    rows = measure(args.runs)
-    print_table(rows, args.runs)
+    if args.runs < 1 or args.burst < 2:
+        parser.error("--runs must be at least 1 and --burst at least 2")
+    if args.launcher:
+        rows = measure_launcher(args.runs)
+    else:
+        rows = measure(args.runs, args.burst)
+        print_table(rows, args.runs, args.burst)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"runs": args.runs, "rows": rows}, f, indent=2)
+            json.dump({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "rows": rows}, f,
+                      indent=2)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Fixtures shared by every suite: running programs in a sandbox and, for
 comparison, the same program on the host with no sandbox at all."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 from jail import _process, _runtime
-from jail._policy import DEFAULT_POLICY
+from jail._policy import DEFAULT_POLICY, Policy
 
 
 def pytest_report_header(config):
@@ -18,12 +19,32 @@ def pytest_report_header(config):
     return [f"jail: running as {who}; cgroups: {_cgroup.detect().mode} ({_cgroup.detect().reason})"]
 
 
+@pytest.fixture(params=["native", "bwrap", "nsjail"])
+def backend(request):
+    """Each backend in turn; one that is not installed here is skipped, saying why."""
+    from jail import _backends
+    from jail._errors import SandboxError
+
+    try:
+        _backends.get(request.param)
+    except SandboxError as exc:
+        pytest.skip(f"not available on this machine: {exc}")
+    return request.param
+
+
 @pytest.fixture
-def sandbox_python():
+def policy(backend):
+    """A default policy on each backend; the conformance and security suites run on all of them."""
+    return Policy(backend=backend)
+
+
+@pytest.fixture
+def sandbox_python(backend):
     """sandbox_python(code, policy=..., limits=..., stdin=...) -> Outcome of
-    `python -c code` in a fresh native sandbox."""
+    `python -c code` in a fresh sandbox of each backend."""
 
     def run(code, *, policy=DEFAULT_POLICY, limits=None, stdin=b""):
+        policy = dataclasses.replace(policy, backend=backend)
         return _process.run_sync(_process.run_program(_runtime.python(), ("-c", code), policy=policy,
                                                       limits=limits, stdin=stdin))
 
@@ -48,10 +69,3 @@ def pytest_collection_modifyitems(config, items):
         if "needs_root" in item.keywords:
             item.add_marker(skip)
 
-
-@pytest.fixture(params=["native"])
-def policy(request):
-    """A default policy on each backend; the conformance and security suites run on all of them."""
-    import jail
-
-    return jail.Policy(backend=request.param)

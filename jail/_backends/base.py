@@ -14,6 +14,8 @@ class Finished:
     peak_memory: int = None  # bytes, where a cgroup measured it
     oom_killed: bool = False
     cgroup: str = "none"  # "v1", "v2" or "none"
+    # A backend whose own process reports "killed by signal n" as exit code base + n.
+    signal_exit_base: int = None
 
 
 class Sandbox:
@@ -30,6 +32,12 @@ class Sandbox:
     def finish(self) -> Finished:
         """Releases what the sandbox held (uid, cgroup) once it is reaped."""
         raise NotImplementedError
+
+    def setup_failure(self, stderr: bytes, exit_code) -> str:
+        """Why the backend itself failed before the program ran, or None. The
+        native launcher reports that from spawn(); a command backend can only
+        tell once its process is gone."""
+        return None
 
 
 class Backend:

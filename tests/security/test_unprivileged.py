@@ -45,7 +45,7 @@ def test_security_suite_passes_as_an_unprivileged_user():
         shutil.copytree(site, os.path.join(folder, "site"), symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "__editable__*", "_snippet_jail*.pth"))
         subprocess.run(["chmod", "-R", "a+rX", folder], check=True)
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{folder}:{folder}/site", "LANG": "C.UTF-8"}
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": f"{folder}:{folder}/site", "LANG": "C.UTF-8"}
         result = subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
              python, "-m", "pytest", "-p", "no:cacheprovider", "tests/security", "tests/unit/test_launcher.py",

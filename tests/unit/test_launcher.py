@@ -13,8 +13,8 @@ from jail._errors import SandboxError
 from jail._policy import DEFAULT_POLICY, Limits, Policy
 
 
-def run_spec(spec, stdin=b""):
-    return _process.run_sync(_process.execute(_backends.get("native"), spec, stdin))
+def run_spec(spec, stdin=b"", backend="native"):
+    return _process.run_sync(_process.execute(_backends.get(backend), spec, stdin))
 
 
 def python_spec(code, policy=DEFAULT_POLICY, limits=None, mounts=None):
@@ -33,6 +33,18 @@ def test_every_step_has_a_name_and_a_message():
         message = native.describe_failure(report, spec, ["/sys/fs/cgroup/x/cgroup.procs"])
         assert message.endswith("EPERM (Operation not permitted)") or "; " in message, message
         assert f"STEP_{step}" not in message
+
+
+@pytest.mark.parametrize("backend_name", ["bwrap", "nsjail"])
+def test_reference_backends_report_their_own_failures_as_sandbox_errors(backend_name):
+    try:
+        _backends.get(backend_name)
+    except SandboxError as exc:
+        pytest.skip(f"not available on this machine: {exc}")
+    spec = python_spec("print('never')")
+    missing = spec.mounts + (_runtime.Mount("bind", "/opt/missing", "/nonexistent/host/path"),)
+    with pytest.raises(SandboxError, match=f"^{backend_name}: "):
+        run_spec(_sandbox.dataclasses.replace(spec, mounts=missing), backend=backend_name)
 
 
 def test_failing_steps_surface_as_sandbox_errors_naming_the_step():
@@ -73,7 +85,7 @@ def test_bad_configs_are_einval_not_crashes():
         setattr(good, field, saved)
 
 
-def test_only_stdio_and_the_result_fd_are_open_inside():
+def test_only_stdio_and_the_result_fd_are_open_inside(backend):
     leak = os.open("/dev/null", os.O_RDONLY)  # inheritable on purpose
     os.set_inheritable(leak, True)
     try:
@@ -81,24 +93,25 @@ def test_only_stdio_and_the_result_fd_are_open_inside():
                                    "def is_open(fd):\n"
                                    "    try:\n        os.fstat(fd)\n        return True\n"
                                    "    except OSError:\n        return False\n"
-                                   "print([fd for fd in range(256) if is_open(fd)])"))
+                                   "print([fd for fd in range(256) if is_open(fd)])"), backend=backend)
     finally:
         os.close(leak)
     assert out.stdout.splitlines()[-1] == b"[0, 1, 2, 3]"
 
 
-def test_stdin_is_fed_and_outputs_are_kept_apart():
+def test_stdin_is_fed_and_outputs_are_kept_apart(backend):
     out = run_spec(python_spec("import sys, os; data = sys.stdin.read(); print(data.upper()); "
-                               "print('err', file=sys.stderr); os.write(3, b'result')"), stdin=b"hello" * 100000)
+                               "print('err', file=sys.stderr); os.write(3, b'result')"), stdin=b"hello" * 100000,
+                   backend=backend)
     assert out.stdout == b"HELLO" * 100000 + b"\n"
     assert out.stderr == b"err\n"
     assert out.result == b"result"
     assert out.stats.exit_code == 0 and out.stats.signal is None
 
 
-def test_stats_are_measured():
+def test_stats_are_measured(backend):
     out = run_spec(python_spec("x = bytearray(50 * 1024 * 1024)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
-                               "sum(range(3_000_000))"))
+                               "sum(range(3_000_000))"), backend=backend)
     assert out.stats.exit_code == 0
     assert out.stats.cpu_ms > 10
     assert out.stats.wall_ms >= out.stats.cpu_ms * 0.5
@@ -106,54 +119,57 @@ def test_stats_are_measured():
     assert out.stats.cgroup == _cgroup.detect().mode
 
 
-def test_exit_status_and_signal():
-    assert run_spec(python_spec("raise SystemExit(7)")).stats.exit_code == 7
-    out = run_spec(python_spec("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"))
+def test_exit_status_and_signal(backend):
+    assert run_spec(python_spec("raise SystemExit(7)"), backend=backend).stats.exit_code == 7
+    out = run_spec(python_spec("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"), backend=backend)
     # pid 1 of its namespace ignores signals it has no handler for: Python then exits normally
     assert out.stats.exit_code == 0 or out.stats.signal == signal.SIGTERM
 
 
-def test_wall_clock_limit_kills_the_whole_namespace():
-    out = run_spec(python_spec("import os, time\nos.fork()\ntime.sleep(30)", limits=Limits(timeout_ms=500)))
+def test_wall_clock_limit_kills_the_whole_namespace(backend):
+    out = run_spec(python_spec("import os, time\nos.fork()\ntime.sleep(30)", limits=Limits(timeout_ms=500)),
+                   backend=backend)
     assert out.timed_out and out.stats.signal == signal.SIGKILL
     assert out.stats.wall_ms < 1500
 
 
-def test_cpu_limit_backs_up_the_wall_clock():
+def test_cpu_limit_backs_up_the_wall_clock(backend):
     limits = Limits(timeout_ms=1000)  # RLIMIT_CPU = 2 s: the wall clock comes first
-    out = run_spec(python_spec("while True: pass", limits=limits))
+    out = run_spec(python_spec("while True: pass", limits=limits), backend=backend)
     assert out.timed_out and out.stats.wall_ms < 1500
 
 
-def test_output_limit():
+def test_output_limit(backend):
     out = run_spec(python_spec("import os\nwhile True: os.write(1, b'x' * 65536)",
-                               limits=Limits(output_bytes=100_000)))
+                               limits=Limits(output_bytes=100_000)), backend=backend)
     assert out.output_exceeded and len(out.stdout) <= 100_000
 
 
-def test_result_limit():
-    out = run_spec(python_spec("import os\nwhile True: os.write(3, b'x' * 65536)", limits=Limits(result_bytes=100_000)))
+def test_result_limit(backend):
+    out = run_spec(python_spec("import os\nwhile True: os.write(3, b'x' * 65536)", limits=Limits(result_bytes=100_000)),
+                   backend=backend)
     assert out.result_exceeded and len(out.result) <= 100_000
 
 
-def test_memory_limit_python_gets_memory_error():
-    out = run_spec(python_spec("x = bytearray(200 * 1024 * 1024)", limits=Limits(memory_mb=64)))
+def test_memory_limit_python_gets_memory_error(backend):
+    out = run_spec(python_spec("x = bytearray(200 * 1024 * 1024)", limits=Limits(memory_mb=64)), backend=backend)
     assert b"MemoryError" in out.stderr
 
 
 @pytest.mark.needs_root
-def test_memory_cgroup_kills_what_the_rlimit_lets_through():
+def test_memory_cgroup_kills_what_the_rlimit_lets_through(backend):
     if _cgroup.detect().mode == "none":
         pytest.fail("this machine should have a memory cgroup: " + _cgroup.detect().reason)
     # Node's data rlimit leaves headroom above V8's heap: the cgroup is the real bound.
     code = "const a = []; while (true) a.push(Buffer.alloc(8 << 20, 1));"
     spec = _sandbox.build_spec(_runtime.javascript(), DEFAULT_POLICY, Limits(memory_mb=128), ("-e", code))
-    out = run_spec(spec)
+    out = run_spec(spec, backend=backend)
     assert out.oom_killed and out.stats.signal == signal.SIGKILL
 
 
-def test_sandbox_hostname_and_scratch_policy():
-    out = run_spec(python_spec("import os; print(os.uname().nodename, os.getcwd())", policy=Policy(scratch_mb=1)))
+def test_sandbox_hostname_and_scratch_policy(backend):
+    out = run_spec(python_spec("import os; print(os.uname().nodename, os.getcwd())", policy=Policy(scratch_mb=1)),
+                   backend=backend)
     assert out.stdout == b"sandbox /tmp\n"
 
 
@@ -174,10 +190,10 @@ def _counts():
 
 
 @pytest.mark.slow
-def test_no_leftovers_after_500_runs():
+def test_no_leftovers_after_500_runs(backend):
     spec = python_spec("import os; os.fork(); print(1)")
-    run_spec(spec)  # first use creates the parent cgroups and caches
+    run_spec(spec, backend=backend)  # first use creates the parent cgroups and caches
     before = _counts()
     for _ in range(500):
-        assert run_spec(spec).stats.exit_code == 0
+        assert run_spec(spec, backend=backend).stats.exit_code == 0
     assert _counts() == before
