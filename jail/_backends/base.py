@@ -5,6 +5,13 @@ fds it is given; the host side of the run (jail._process) is the same for all.
 """
 
 import dataclasses
+import os
+import threading
+
+import prctl
+
+from jail import _cgroup
+from jail._errors import SandboxError
 
 
 @dataclasses.dataclass
@@ -16,6 +23,60 @@ class Finished:
     cgroup: str = "none"  # "v1", "v2" or "none"
     # A backend whose own process reports "killed by signal n" as exit code base + n.
     signal_exit_base: int = None
+
+
+def privileged() -> bool:
+    """True when the host process may map sandboxes to uids of its choosing."""
+    return os.geteuid() == 0 and prctl.cap_effective.setuid and prctl.cap_effective.setgid
+
+
+class UidPool:
+    """Host uids handed to sandboxes that run at the same time, one each, so
+    that no sandbox shares a process or signal budget with another."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._in_use = set()
+
+    def take(self, first: int, count: int) -> int:
+        with self._lock:
+            for uid in range(first, first + count):
+                if uid not in self._in_use:
+                    self._in_use.add(uid)
+                    return uid
+        raise SandboxError(f"no free sandbox uid in {first}..{first + count - 1}: too many sandboxes at once")
+
+    def give_back(self, uid: int) -> None:
+        with self._lock:
+            self._in_use.discard(uid)
+
+
+UIDS = UidPool()
+
+
+class Held:
+    """What a sandbox holds on the host while it lives: a host uid of its own
+    (root server only) and its cgroup. Released once, by release()."""
+
+    def __init__(self, spec):
+        self.uid = UIDS.take(*spec.uid_range) if privileged() else None
+        try:
+            self.cgroup = _cgroup.SandboxCgroup(spec.memory_bytes, spec.limits.processes)
+        except OSError as exc:
+            self._give_back_uid()
+            raise SandboxError(f"create cgroup: {exc}") from exc
+
+    def _give_back_uid(self):
+        if self.uid is not None:
+            UIDS.give_back(self.uid)
+            self.uid = None
+
+    def release(self, **extra) -> "Finished":
+        finished = Finished(cgroup=self.cgroup.mode, peak_memory=self.cgroup.peak_memory(),
+                            oom_killed=self.cgroup.oom_killed(), **extra)
+        self.cgroup.remove()
+        self._give_back_uid()
+        return finished
 
 
 class Sandbox:

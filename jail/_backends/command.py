@@ -20,9 +20,7 @@ import os
 import shutil
 import signal
 
-from jail import _cgroup
-from jail._backends.base import Backend, Finished, Sandbox
-from jail._backends.native import UIDS, privileged
+from jail._backends.base import Backend, Finished, Held, Sandbox
 from jail._errors import SandboxError
 
 # Joins each cgroup file before "--", then execs the rest; a failure exits SETUP_EXIT.
@@ -65,9 +63,9 @@ def _inheritable_fds():
 
 
 class CommandSandbox(Sandbox):
-    def __init__(self, pid, pidfd, uid, cgroup, backend):
+    def __init__(self, pid, pidfd, held, backend):
         self.pid, self.pidfd = pid, pidfd
-        self._uid, self._cgroup, self._backend = uid, cgroup, backend
+        self._held, self._cgroup, self._backend = held, held.cgroup, backend
 
     def setup_failure(self, stderr: bytes, exit_code):
         if exit_code == SETUP_EXIT and stderr.startswith(b"jail: "):
@@ -101,13 +99,7 @@ class CommandSandbox(Sandbox):
                 pass
 
     def finish(self) -> Finished:
-        finished = Finished(cgroup=self._cgroup.mode, peak_memory=self._cgroup.peak_memory(),
-                            oom_killed=self._cgroup.oom_killed(), signal_exit_base=SIGNAL_EXIT_BASE)
-        self._cgroup.remove()
-        if self._uid is not None:
-            UIDS.give_back(self._uid)
-            self._uid = None
-        return finished
+        return self._held.release(signal_exit_base=SIGNAL_EXIT_BASE)
 
 
 class CommandBackend(Backend):
@@ -134,14 +126,9 @@ class CommandBackend(Backend):
         return None
 
     def spawn(self, spec, stdio: tuple) -> CommandSandbox:
-        uid = UIDS.take(*spec.uid_range) if privileged() else None
+        held = Held(spec)
+        uid, cgroup = held.uid, held.cgroup
         pass_fds = []
-        try:
-            cgroup = _cgroup.SandboxCgroup(spec.memory_bytes, spec.limits.processes)
-        except OSError as exc:
-            if uid is not None:
-                UIDS.give_back(uid)
-            raise SandboxError(f"create cgroup: {exc}") from exc
         try:
             staged = [m.source for m in spec.mounts if m.kind == "bind" and not _reachable_by_others(m.source)]
             scratch = [m.options for m in spec.mounts if m.kind == "tmpfs" and m.noexec and self.stages_scratch]
@@ -163,13 +150,11 @@ class CommandBackend(Backend):
                                  setsid=True, setsigdef=(signal.SIGPIPE,))
             pidfd = os.pidfd_open(pid)
         except BaseException as exc:
-            cgroup.remove()
-            if uid is not None:
-                UIDS.give_back(uid)
+            held.release()
             if isinstance(exc, OSError):
                 raise SandboxError(f"start {self.binary}: {exc}") from exc
             raise
         finally:
             for fd in pass_fds:  # the backend has its own copies now
                 os.close(fd)
-        return CommandSandbox(pid, pidfd, uid, cgroup, self)
+        return CommandSandbox(pid, pidfd, held, self)

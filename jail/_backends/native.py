@@ -10,12 +10,8 @@ import errno
 import os
 import resource
 import signal
-import threading
 
-import prctl
-
-from jail import _cgroup
-from jail._backends.base import Backend, Finished, Sandbox
+from jail._backends.base import Backend, Finished, Held, Sandbox
 from jail._errors import SandboxError
 
 try:
@@ -86,35 +82,6 @@ RLIMIT_NAMES = {}
 for _name in dir(resource):
     if _name.startswith("RLIMIT_") and _name != "RLIMIT_OFILE":  # OFILE: BSD's alias of NOFILE
         RLIMIT_NAMES[getattr(resource, _name)] = _name
-
-
-def privileged() -> bool:
-    """True when the host process may map sandboxes to uids of its choosing."""
-    return os.geteuid() == 0 and prctl.cap_effective.setuid and prctl.cap_effective.setgid
-
-
-class _UidPool:
-    """Host uids handed to sandboxes that run at the same time, one each, so
-    that no sandbox shares a process or signal budget with another."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._in_use = set()
-
-    def take(self, first: int, count: int) -> int:
-        with self._lock:
-            for uid in range(first, first + count):
-                if uid not in self._in_use:
-                    self._in_use.add(uid)
-                    return uid
-        raise SandboxError(f"no free sandbox uid in {first}..{first + count - 1}: too many sandboxes at once")
-
-    def give_back(self, uid: int) -> None:
-        with self._lock:
-            self._in_use.discard(uid)
-
-
-UIDS = _UidPool()
 
 
 def describe_failure(report, spec, cgroup_files=()) -> str:
@@ -201,9 +168,8 @@ def _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup, keep):
 
 
 class NativeSandbox(Sandbox):
-    def __init__(self, pid, pidfd, uid, cgroup):
-        self.pid, self.pidfd = pid, pidfd
-        self._uid, self._cgroup = uid, cgroup
+    def __init__(self, pid, pidfd, held):
+        self.pid, self.pidfd, self._held = pid, pidfd, held
 
     def kill(self) -> None:
         # pid 1 of the sandbox's pid namespace: its death takes every process inside with it.
@@ -213,14 +179,7 @@ class NativeSandbox(Sandbox):
             pass
 
     def finish(self) -> Finished:
-        finished = Finished(cgroup=self._cgroup.mode)
-        finished.peak_memory = self._cgroup.peak_memory()
-        finished.oom_killed = self._cgroup.oom_killed()
-        self._cgroup.remove()
-        if self._uid is not None:
-            UIDS.give_back(self._uid)
-            self._uid = None
-        return finished
+        return self._held.release()
 
 
 class NativeBackend(Backend):
@@ -232,27 +191,17 @@ class NativeBackend(Backend):
         return None
 
     def spawn(self, spec, stdio: tuple) -> NativeSandbox:
-        uid = None
-        if privileged():
-            uid = UIDS.take(*spec.uid_range)
-            uid_map = gid_map = f"{INSIDE_ID} {uid} 1"
+        held = Held(spec)
+        if held.uid is not None:
+            uid_map = gid_map = f"{INSIDE_ID} {held.uid} 1"
             deny_setgroups = 0
         else:
             uid_map, gid_map = f"{INSIDE_ID} {os.geteuid()} 1", f"{INSIDE_ID} {os.getegid()} 1"
             deny_setgroups = 1
-        try:
-            cgroup = _cgroup.SandboxCgroup(spec.memory_bytes, spec.limits.processes)
-        except OSError as exc:
-            if uid is not None:
-                UIDS.give_back(uid)
-            raise SandboxError(f"create cgroup: {exc}") from exc
-
         keep = _Keep()
-        config = _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup, keep)
+        config = _config(spec, stdio, uid_map, gid_map, deny_setgroups, held.cgroup, keep)
         child = ffi.new("struct jail_child *")
         if lib.jail_spawn(config, child) != 0:
-            cgroup.remove()
-            if uid is not None:
-                UIDS.give_back(uid)
-            raise SandboxError(describe_failure(child.report, spec, cgroup.join_files))
-        return NativeSandbox(child.pid, child.pidfd, uid, cgroup)
+            held.release()
+            raise SandboxError(describe_failure(child.report, spec, held.cgroup.join_files))
+        return NativeSandbox(child.pid, child.pidfd, held)
