@@ -19,7 +19,7 @@ LANGUAGES = ("python", "javascript")
 HARNESS = {"python": "run.py", "javascript": "run.js"}
 # Per-call limits a caller may set (the rest are the policy's alone).
 CALLER_LIMITS = ("timeout_ms", "memory_mb", "output_bytes")
-MIN_MEMORY_MB = 32
+MIN_MEMORY_MB = 64  # Node hangs at start under a 32 MiB data limit
 
 JS_RESERVED = frozenset("""
     break case catch class const continue debugger default delete do else enum export extends false finally for

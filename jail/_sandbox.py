@@ -11,9 +11,6 @@ import resource
 from jail import _runtime, _seccomp
 from jail._policy import MiB, Limits, Policy
 
-# V8's heap is bounded by its own flag; the data rlimit leaves room for the
-# rest of the process (code, stacks, malloc) on top of it.
-NODE_DATA_HEADROOM = 512 * MiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +34,10 @@ class SandboxSpec:
 
 def _rlimits(runtime, limits: Limits, scratch_bytes: int) -> tuple:
     memory = limits.memory_mb * MiB
-    if runtime.memory_rlimit == "as":
-        memory_limit = (resource.RLIMIT_AS, memory, memory)
-    else:
-        memory_limit = (resource.RLIMIT_DATA, memory + NODE_DATA_HEADROOM, memory + NODE_DATA_HEADROOM)
+    # V8 reserves far more address space than it uses (PROT_NONE), which
+    # RLIMIT_DATA does not count: Node is bounded by data, Python by address space.
+    which = resource.RLIMIT_AS if runtime.memory_rlimit == "as" else resource.RLIMIT_DATA
+    memory_limit = (which, memory, memory)
     fsize = max(scratch_bytes, MiB)
     return (
         (resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1),
@@ -51,13 +48,6 @@ def _rlimits(runtime, limits: Limits, scratch_bytes: int) -> tuple:
         (resource.RLIMIT_CORE, 0, 0),
         (resource.RLIMIT_MEMLOCK, 64 * 1024, 64 * 1024),
     )
-
-
-def runtime_args(runtime, limits: Limits) -> tuple:
-    """Interpreter flags that depend on the run's limits."""
-    if runtime.name == "javascript":
-        return (f"--max-old-space-size={max(16, limits.memory_mb * 3 // 4)}",)
-    return ()
 
 
 def build_spec(runtime, policy: Policy, limits: Limits, program: tuple) -> SandboxSpec:
@@ -71,7 +61,7 @@ def build_spec(runtime, policy: Policy, limits: Limits, program: tuple) -> Sandb
     scratch_bytes = policy.scratch_mb * MiB
     return SandboxSpec(
         runtime=runtime,
-        argv=(runtime.executable,) + runtime.flags + runtime_args(runtime, limits) + tuple(program),
+        argv=(runtime.executable,) + runtime.flags + tuple(program),
         env=runtime.env,
         mounts=tuple(mounts),
         limits=limits,

@@ -68,7 +68,7 @@ def test_optional_fields_appear_only_with_content(server):
     ({"code": "return 1", "scope": {"x": 1}, "types": {"/x": "money"}}, "unknown type 'money'"),
     ({"code": "return 1", "scope": {"x": "2024-01-01T00:00:00"}, "types": {"/x": "date"}}, "types: "),
     ({"code": "return 1", "limits": {"timeout_ms": -1}}, "limits.timeout_ms: must be a positive integer"),
-    ({"code": "return 1", "limits": {"memory_mb": 1}}, "limits.memory_mb: must be at least 32"),
+    ({"code": "return 1", "limits": {"memory_mb": 1}}, "limits.memory_mb: must be at least 64"),
     ({"code": "return 1", "limits": {"cpu": 1}}, "limits: unknown field(s) cpu"),
     ({"code": "return 1", "extra": 1, "more": 2}, "unknown field(s): extra, more"),
 ])
