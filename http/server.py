@@ -19,7 +19,7 @@ import prometheus_client
 from aiohttp import web
 
 import jail
-from jail import _run
+from jail import _pool, _run
 from jail._report import error_body, result_body
 from jail_http.settings import Settings, from_args
 
@@ -79,6 +79,31 @@ class Metrics:
         running.set_function(lambda: gate.running)
         queued = prometheus_client.Gauge("jail_queue_depth", "Requests waiting for a sandbox", registry=self.registry)
         queued.set_function(lambda: gate.waiting)
+        self.registry.register(_PoolCollector())
+
+
+class _PoolCollector:
+    """The warm pool's counters, read when /metrics is scraped."""
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        pool, stats = _pool.POOL, _pool.POOL.stats
+        families = {
+            "hits": CounterMetricFamily("jail_pool_hits", "Requests served by a warm sandbox", labels=["language"]),
+            "misses": CounterMetricFamily("jail_pool_misses", "Requests that went cold with the pool on",
+                                          labels=["language"]),
+            "refills": CounterMetricFamily("jail_pool_refills", "Warm sandboxes started", labels=["language"]),
+            "refill_seconds": CounterMetricFamily("jail_pool_refill_seconds", "Time spent starting warm sandboxes",
+                                                  labels=["language"]),
+        }
+        ready = GaugeMetricFamily("jail_pool_ready", "Warm sandboxes ready now", labels=["language"])
+        for language in jail.LANGUAGES:
+            for name, family in families.items():
+                family.add_metric([language], getattr(stats, name)[language])
+            ready.add_metric([language], len(pool.idle_pids_of(language)))
+        yield from families.values()
+        yield ready
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -298,7 +323,18 @@ def create_app(settings: Settings = None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.cleanup_ctx.append(_warm_pool)
     return app
+
+
+async def _warm_pool(app):
+    """Started and stopped with the service."""
+    settings = app[SETTINGS]
+    if settings.pool_python or settings.pool_javascript:
+        _pool.configure(settings.policy, python=settings.pool_python, javascript=settings.pool_javascript)
+    yield
+    if settings.pool_python or settings.pool_javascript:
+        _pool.configure(settings.policy)
 
 
 def main(argv=None):

@@ -25,13 +25,17 @@ class Settings:
     max_memory_mb: int = jail.DEFAULT_POLICY.max_limits.memory_mb
     max_output_bytes: int = jail.DEFAULT_POLICY.max_limits.output_bytes
     backend: str = "native"  # or "bwrap", "nsjail"
+    # Warm sandboxes kept ready per language (0: off, every request starts its own).
+    pool_python: int = 0
+    pool_javascript: int = 0
 
     def __post_init__(self):
         for name in ("port", "max_body_bytes", "max_concurrency", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.queue_depth < 0:
-            raise ValueError(f"queue_depth must be at least 0, not {self.queue_depth}")
+        for name in ("queue_depth", "pool_python", "pool_javascript"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, not {getattr(self, name)}")
         self.policy  # checks the caps
 
     @functools.cached_property
@@ -55,6 +59,8 @@ OPTIONS = {
     "max_memory_mb": ("JAIL_MAX_MEMORY_MB", int, "cap of a request's limits.memory_mb"),
     "max_output_bytes": ("JAIL_MAX_OUTPUT_BYTES", int, "cap of a request's limits.output_bytes"),
     "backend": ("JAIL_BACKEND", str, "sandbox backend: native (default), bwrap or nsjail"),
+    "pool_python": ("JAIL_POOL_PYTHON", int, "warm Python sandboxes kept ready (0: off)"),
+    "pool_javascript": ("JAIL_POOL_JAVASCRIPT", int, "warm JavaScript sandboxes kept ready (0: off)"),
 }
 
 

@@ -8,6 +8,7 @@
 from jail._errors import (ExecutionError, JailError, MemoryLimitExceeded, OutputLimitExceeded, Overloaded,
                           RequestError, SandboxError, TimeLimitExceeded)
 from jail._policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
+from jail._pool import configure as warm_pool
 from jail._process import Stats
 from jail._run import LANGUAGES, Result, run, run_async
 from jail._version import __version__
@@ -31,4 +32,5 @@ __all__ = [
     "__version__",
     "run",
     "run_async",
+    "warm_pool",
 ]

@@ -29,6 +29,7 @@ class Stats:
     exit_code: int  # None when killed by a signal
     signal: int  # None when it exited
     cgroup: str  # "v1", "v2" or "none"
+    warm: bool = False  # taken from the warm pool: started before the request came
 
 
 @dataclasses.dataclass
@@ -52,11 +53,27 @@ def _pipe():
     return read_fd, write_fd
 
 
-async def execute(backend, spec, stdin: bytes = b"", on_output=None) -> Outcome:
-    """Runs spec on backend. ``on_output(stream, data)`` (if given) sees
-    stdout/stderr chunks as they arrive."""
-    loop = asyncio.get_running_loop()
-    limits = spec.limits
+@dataclasses.dataclass
+class Started:
+    """A sandbox that runs, with the host ends of its stdin, stdout, stderr and
+    result fd, not yet given its input (a warm pool keeps these waiting)."""
+
+    backend: object
+    sandbox: object
+    host_fds: list
+
+    def discard(self) -> None:
+        """Kills and releases a sandbox that will not be used."""
+        self.sandbox.kill()
+        for fd in self.host_fds:
+            os.close(fd)
+        _reap(self.sandbox.pid)
+        os.close(self.sandbox.pidfd)
+        self.sandbox.finish()
+
+
+def start(backend, spec) -> Started:
+    """Spawns spec on backend (blocking until it has exec'd, a few ms)."""
     host_fds, child_fds = [], []
     try:
         for direction in ("in", "out", "out", "out"):
@@ -64,7 +81,6 @@ async def execute(backend, spec, stdin: bytes = b"", on_output=None) -> Outcome:
             host, child = (write_fd, read_fd) if direction == "in" else (read_fd, write_fd)
             host_fds.append(host)
             child_fds.append(child)
-        started = time.monotonic()
         sandbox = backend.spawn(spec, tuple(child_fds))
     except BaseException:
         for fd in host_fds:
@@ -73,6 +89,23 @@ async def execute(backend, spec, stdin: bytes = b"", on_output=None) -> Outcome:
     finally:
         for fd in child_fds:
             os.close(fd)
+    return Started(backend, sandbox, host_fds)
+
+
+async def execute(backend, spec, stdin: bytes = b"", on_output=None) -> Outcome:
+    """Runs spec on backend in a fresh sandbox. ``on_output(stream, data)``
+    (if given) sees stdout/stderr chunks as they arrive."""
+    started = time.monotonic()
+    return await communicate(start(backend, spec), spec.limits, stdin, on_output, started)
+
+
+async def communicate(running: Started, limits, stdin: bytes = b"", on_output=None, started=None,
+                      warm=False) -> Outcome:
+    """Feeds stdin to a started sandbox and reads it to its end within limits;
+    the wall clock runs from ``started`` (default: now)."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic() if started is None else started
+    backend, sandbox, host_fds = running.backend, running.sandbox, running.host_fds
 
     stdin_fd, out_fds = host_fds[0], host_fds[1:]
     buffers = {fd: bytearray() for fd in out_fds}
@@ -175,6 +208,7 @@ async def execute(backend, spec, stdin: bytes = b"", on_output=None) -> Outcome:
         exit_code=exit_code,
         signal=killed_by,
         cgroup=finished.cgroup,
+        warm=warm,
     )
     failure = None if buffers[out_fds[2]] else sandbox.setup_failure(bytes(buffers[out_fds[1]]), exit_code)
     if failure:

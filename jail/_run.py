@@ -10,13 +10,12 @@ import dataclasses
 import json
 import keyword
 
-from jail import _codec, _process, _runtime
+from jail import _backends, _codec, _pool, _process
 from jail._errors import (ExecutionError, MemoryLimitExceeded, OutputLimitExceeded, RequestError,
                           TimeLimitExceeded)
 from jail._policy import DEFAULT_POLICY, Limits, Policy
 
 LANGUAGES = ("python", "javascript")
-HARNESS = {"python": "run.py", "javascript": "run.js"}
 # Per-call limits a caller may set (the rest are the policy's alone).
 CALLER_LIMITS = ("timeout_ms", "memory_mb", "output_bytes")
 MIN_MEMORY_MB = 64  # Node hangs at start under a 32 MiB data limit
@@ -202,12 +201,15 @@ def prepare(code, language="python", scope=None, *, types=None, limits=None, pol
 
 
 async def run_prepared(prepared: Prepared, on_output=None) -> Result:
-    """Runs a prepared request in a fresh sandbox. ``on_output(stream, data)``
-    sees stdout/stderr bytes as they arrive."""
-    runtime = _runtime.LANGUAGES[prepared.language]()
-    program = (f"{_runtime.HARNESS_INSIDE}/{HARNESS[prepared.language]}",)
-    outcome = await _process.run_program(runtime, program, policy=prepared.policy, limits=prepared.limits,
-                                         stdin=prepared.request, on_output=on_output)
+    """Runs a prepared request in a fresh sandbox: a warm one if the pool has
+    one made as this request's would be, else a new one. ``on_output(stream,
+    data)`` sees stdout/stderr bytes as they arrive."""
+    warm = _pool.default_pool().take(prepared.language, prepared.policy, prepared.limits)
+    if warm is not None:
+        outcome = await _process.communicate(warm, prepared.limits, prepared.request, on_output, warm=True)
+    else:
+        spec = _pool.harness_spec(prepared.language, prepared.policy, prepared.limits)
+        outcome = await _process.execute(_backends.get(prepared.policy.backend), spec, prepared.request, on_output)
     return _interpret(outcome, prepared.limits)
 
 

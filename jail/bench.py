@@ -3,12 +3,13 @@
     make bench                       # or: python -m jail.bench [--runs N] [--json FILE]
     python -m jail.bench --launcher  # what the launcher adds to /usr/bin/env, python -c, node -e
 
-For each language and each backend present: the bare interpreter's start (the
-floor), the median and p99 wall time of jail.run("return 1+1"), runs per
-second with 1 and 2 callers in parallel, then the median and the runs per
-second (2 clients) through HTTP against a local server of that backend. Runs
-interleave the backends round by round, so that drift of a shared machine hits
-them alike. Ratios are to nsjail where it is present, else to bwrap.
+For each language and each backend present, and for native's warm pool
+("native-warm", 2 sandboxes kept ready per language): the bare interpreter's
+start (the floor), the median and p99 wall time of jail.run("return 1+1"),
+runs per second with 1 and 2 callers in parallel, then the median and the runs
+per second (2 clients) through HTTP against a local server of that backend.
+Runs interleave the backends round by round, so that drift of a shared machine
+hits them alike. Ratios are to nsjail where it is present, else to bwrap.
 """
 
 import argparse
@@ -30,6 +31,10 @@ from jail._errors import SandboxError
 
 SNIPPET = "return 1+1"
 ALL_BACKENDS = ("native", "bwrap", "nsjail")
+WARM = "native-warm"
+WARM_POOL = 2  # warm sandboxes per language
+# The warm column's own policy (uid range), so that only it is served by the pool.
+WARM_POLICY = jail.Policy(uid_range=(204_096, 1024))
 BARE = {
     "python": lambda: [_runtime._base_python(), *_runtime.python().flags, "-c", "pass"],
     "javascript": lambda: [shutil.which("node"), "-e", "0"],
@@ -44,7 +49,11 @@ def present_backends():
             present.append(name)
         except SandboxError as exc:
             print(f"# {name}: skipped ({exc})", file=sys.stderr)
-    return present
+    return present + [WARM]
+
+
+def policy_of(backend):
+    return WARM_POLICY if backend == WARM else jail.Policy(backend=backend)
 
 
 def time_bare(argv, env=None) -> float:
@@ -56,7 +65,7 @@ def time_bare(argv, env=None) -> float:
 
 def time_run(language, backend) -> float:
     started = time.perf_counter()
-    result = jail.run(SNIPPET, language, policy=jail.Policy(backend=backend))
+    result = jail.run(SNIPPET, language, policy=policy_of(backend))
     elapsed = (time.perf_counter() - started) * 1000
     if result.output != 2:
         raise SystemExit(f"{backend}/{language} answered {result.output!r}")
@@ -82,7 +91,9 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        env = dict(os.environ, JAIL_BACKEND=backend, JAIL_MAX_CONCURRENCY="2")
+        env = dict(os.environ, JAIL_BACKEND=backend.split("-")[0], JAIL_MAX_CONCURRENCY="2")
+        if backend == WARM:
+            env.update(JAIL_POOL_PYTHON=str(WARM_POOL), JAIL_POOL_JAVASCRIPT=str(WARM_POOL))
         self.process = subprocess.Popen([sys.executable, "-m", "jail_http", "--port", str(self.port)], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -132,6 +143,7 @@ def measure(runs: int, burst: int):
     backends = present_backends()
     languages = [lang for lang in jail.LANGUAGES if BARE[lang]()[0]]
     configs = [(lang, b) for lang in languages for b in backends]
+    jail.warm_pool(policy=WARM_POLICY, python=WARM_POOL, javascript=WARM_POOL)
     servers = {b: Server(b) for b in backends}
     clients = {b: HttpClient(servers[b].port) for b in backends}
     samples = {c: {"bare": [], "run": [], "http": [], "rate1": [], "rate2": [], "http_rate2": []} for c in configs}
@@ -153,9 +165,11 @@ def measure(runs: int, burst: int):
                     cell["rate1"].append(rate(lambda: time_run(language, backend), burst, 1))
                     cell["rate2"].append(rate(lambda: time_run(language, backend), burst, 2))
                     cell["http_rate2"].append(rate(lambda: clients[backend].evaluate(language), burst, 2))
+        idle_rss = idle_warm_rss()
     finally:
         for server in servers.values():
             server.stop()
+        jail.warm_pool()
     reference = "nsjail" if "nsjail" in backends else "bwrap" if "bwrap" in backends else None
     rows = []
     for language, backend in configs:
@@ -174,7 +188,22 @@ def measure(runs: int, burst: int):
         row["latency_vs_reference"] = row["run_median_ms"] / ref["run_median_ms"] if ref else None
         row["throughput_vs_reference"] = row["runs_per_s_2"] / ref["runs_per_s_2"] if ref else None
         row["http_throughput_vs_reference"] = row["http_runs_per_s_2"] / ref["http_runs_per_s_2"] if ref else None
-    return rows
+    return rows, idle_rss
+
+
+def idle_warm_rss() -> dict:
+    """Resident MiB of one idle warm sandbox per language (median over the pool)."""
+    from jail import _pool
+
+    sizes = {}
+    for language in jail.LANGUAGES:
+        rss = []
+        for pid in _pool.POOL.idle_pids_of(language):
+            with open(f"/proc/{pid}/status") as f:
+                rss.append(int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024)
+        if rss:
+            sizes[language] = round(statistics.median(rss), 1)
+    return sizes
 
 
 def machine() -> str:
@@ -251,12 +280,13 @@ def main(argv=None):
     if args.launcher:
         rows = measure_launcher(args.runs)
     else:
-        rows = measure(args.runs, args.burst)
+        rows, idle_rss = measure(args.runs, args.burst)
         print_table(rows, args.runs, args.burst)
+        print("# an idle warm sandbox's resident memory: " + ", ".join(f"{k} {v} MiB" for k, v in idle_rss.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "rows": rows}, f,
-                      indent=2)
+            json.dump({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "rows": rows,
+                       "idle_warm_rss_mib": None if args.launcher else idle_rss}, f, indent=2)
 
 
 if __name__ == "__main__":

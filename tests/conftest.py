@@ -32,10 +32,37 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture
-def policy(backend):
-    """A default policy on each backend; the conformance and security suites run on all of them."""
-    return Policy(backend=backend)
+# The warm column's policy differs from the default (its own uid range), so the
+# pool serves exactly the warm cases, and its idle sandboxes are never taken
+# for leftovers of the cold ones.
+WARM_POLICY = Policy(backend="native", uid_range=(204_096, 1024))
+
+
+@pytest.fixture(scope="session")
+def warm_pool():
+    import jail
+
+    jail.warm_pool(policy=WARM_POLICY, python=2, javascript=2)
+    yield
+    jail.warm_pool()
+
+
+@pytest.fixture(params=["native", "native-warm", "bwrap", "nsjail"])
+def policy(request):
+    """A default policy on each backend, and on native's warm pool: the
+    conformance suite runs on all of them."""
+    from jail import _backends
+    from jail._errors import SandboxError
+
+    name = request.param.split("-")[0]
+    try:
+        _backends.get(name)
+    except SandboxError as exc:
+        pytest.skip(f"not available on this machine: {exc}")
+    if request.param.endswith("-warm"):
+        request.getfixturevalue("warm_pool")
+        return WARM_POLICY
+    return Policy(backend=name)
 
 
 @pytest.fixture

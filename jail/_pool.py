@@ -1,0 +1,214 @@
+"""Warm, single-use sandboxes: started ahead of demand, each waiting for its one request.
+
+A warm sandbox is a full sandbox (namespaces, limits, seccomp filter) whose
+interpreter has already loaded the harness and is blocked reading its request
+on stdin. A request takes one, gives it its input and reads it to its end like
+any other run; the sandbox is never used again, and a refill thread starts a
+replacement. Two snippets never share a process, a namespace, a file or a module.
+
+A request is served warm only when the warm sandbox was made exactly as its own
+would be: the same policy and the same limits that are fixed at start (memory,
+processes, open files); the wall clock, the output and result limits are the
+host's and apply from the moment of taking, and the cpu rlimit is reset then.
+Anything else, or an empty pool, takes the cold path at once: a request never
+waits for a warm sandbox.
+
+The refill thread spawns every warm sandbox, so it is their parent thread: it
+lives as long as the pool, and when it ends (stop()) their parent-death signal
+takes any idle one along.
+"""
+
+import collections
+import dataclasses
+import os
+import resource
+import select
+import threading
+import time
+
+from jail import _backends, _process, _runtime, _sandbox
+
+HARNESS = {"python": "run.py", "javascript": "run.js"}
+
+
+def _sizes_from_environment() -> dict:
+    sizes = {}
+    for language in HARNESS:
+        text = os.environ.get(f"JAIL_POOL_{language.upper()}", "0")
+        try:
+            sizes[language] = max(0, int(text))
+        except ValueError:
+            raise ValueError(f"JAIL_POOL_{language.upper()}={text!r} is not a whole number") from None
+    return sizes
+
+
+def harness_spec(language, policy, limits) -> _sandbox.SandboxSpec:
+    runtime = _runtime.LANGUAGES[language]()
+    return _sandbox.build_spec(runtime, policy, limits, (f"{_runtime.HARNESS_INSIDE}/{HARNESS[language]}",))
+
+
+@dataclasses.dataclass
+class PoolStats:
+    hits: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    misses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    refills: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    refill_seconds: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # summed
+
+
+class WarmPool:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ready = {language: collections.deque() for language in HARNESS}
+        self._sizes = dict.fromkeys(HARNESS, 0)
+        self._policy = None
+        self._thread = None
+        self._stopping = False
+        self.stats = PoolStats()
+
+    def configure(self, sizes: dict, policy) -> None:
+        """Keeps sizes[language] warm sandboxes of policy; 0 everywhere stops the pool."""
+        with self._lock:
+            stale = []
+            if policy != self._policy:
+                stale = [running for queue in self._ready.values() for running in queue]
+                for queue in self._ready.values():
+                    queue.clear()
+            self._policy = policy
+            self._sizes.update({language: int(size) for language, size in sizes.items()})
+            running = self._thread is not None and self._thread.is_alive()
+            if any(self._sizes.values()) and not running:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._refill, name="jail-warm-pool", daemon=True)
+                self._thread.start()
+            self._wake.notify_all()
+        for started in stale:
+            started.discard()
+        if not any(self._sizes.values()):
+            self.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            idle = [running for queue in self._ready.values() for running in queue]
+            for queue in self._ready.values():
+                queue.clear()
+        for started in idle:
+            started.discard()
+
+    def size(self, language) -> int:
+        return self._sizes.get(language, 0)
+
+    def idle_pids(self) -> list:
+        with self._lock:
+            return [running.sandbox.pid for queue in self._ready.values() for running in queue]
+
+    def idle_pids_of(self, language) -> list:
+        with self._lock:
+            return [running.sandbox.pid for running in self._ready.get(language, ())]
+
+    def take(self, language, policy, limits):
+        """A warm sandbox made as this request's would be, or None (go cold)."""
+        with self._lock:
+            queue = self._ready.get(language)
+            usable = (queue is not None and self._sizes.get(language) and policy == self._policy
+                      and _fixed_at_start(limits) == _fixed_at_start(self._policy.capped(self._policy.limits)))
+            running = None
+            while usable and queue and running is None:
+                candidate = queue.popleft()
+                if _alive(candidate):
+                    running = candidate
+                else:
+                    _discard_later(candidate)
+            self.stats.hits[language] += running is not None
+            self.stats.misses[language] += running is None and bool(self._sizes.get(language))
+            self._wake.notify_all()
+        if running is not None and policy.backend == "native":
+            # The interpreter itself is the sandbox's pid (native): its cpu budget starts now.
+            cpu = resource.prlimit(running.sandbox.pid, resource.RLIMIT_CPU)
+            wanted = (limits.cpu_seconds, limits.cpu_seconds + 1)
+            if cpu != wanted:
+                resource.prlimit(running.sandbox.pid, resource.RLIMIT_CPU, wanted)
+        return running
+
+    def _refill(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._missing():
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                language = self._missing()
+                policy = self._policy
+            started_at = time.monotonic()
+            try:
+                spec = harness_spec(language, policy, policy.capped(policy.limits))
+                running = _process.start(_backends.get(policy.backend), spec)
+            except Exception:  # the cold path will report it to a caller; do not spin
+                time.sleep(1)
+                continue
+            with self._lock:
+                if self._stopping or policy != self._policy:
+                    stale = running
+                else:
+                    self._ready[language].append(running)
+                    self.stats.refills[language] += 1
+                    self.stats.refill_seconds[language] += time.monotonic() - started_at
+                    stale = None
+            if stale is not None:
+                stale.discard()
+
+    def _missing(self):
+        return next((language for language, size in self._sizes.items() if len(self._ready[language]) < size), None)
+
+
+def _fixed_at_start(limits):
+    return (limits.memory_mb, limits.processes, limits.open_files)
+
+
+def _alive(running) -> bool:
+    """Not exited while it waited (its pidfd turns readable at exit)."""
+    return not select.select([running.sandbox.pidfd], [], [], 0)[0]
+
+
+def _discard_later(running) -> None:
+    threading.Thread(target=running.discard, daemon=True).start()
+
+
+POOL = WarmPool()
+_configured = False
+
+
+def default_pool() -> WarmPool:
+    """The process-wide pool; on first use it takes its sizes from JAIL_POOL_PYTHON
+    and JAIL_POOL_JAVASCRIPT (default 0: off) unless configure() came first."""
+    global _configured
+    if not _configured:
+        _configured = True
+        from jail._policy import DEFAULT_POLICY
+
+        sizes = _sizes_from_environment()
+        if any(sizes.values()):
+            POOL.configure(sizes, DEFAULT_POLICY)
+    return POOL
+
+
+def configure(policy=None, **sizes) -> None:
+    """jail.warm_pool(python=2, javascript=2): sandboxes of policy kept warm
+    for jail.run and run_async in this process; all 0 turns the pool off."""
+    global _configured
+    from jail._policy import DEFAULT_POLICY
+
+    unknown = sorted(set(sizes) - set(HARNESS))
+    if unknown:
+        raise ValueError(f"warm_pool() takes sizes for {', '.join(HARNESS)}, not {', '.join(unknown)}")
+    for language, size in sizes.items():
+        if type(size) is not int or size < 0:
+            raise ValueError(f"warm_pool({language}=...) must be a whole number, not {size!r}")
+    _configured = True
+    POOL.configure({**dict.fromkeys(HARNESS, 0), **sizes}, policy or DEFAULT_POLICY)

@@ -1,0 +1,120 @@
+"""The warm pool: single-use sandboxes started ahead of demand."""
+
+import os
+import time
+
+import pytest
+
+import jail
+from host import sandbox_processes
+from jail import _pool
+
+
+def wait_until_full(timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(len(_pool.POOL._ready[lang]) >= _pool.POOL.size(lang) for lang in _pool.HARNESS):
+            return
+        time.sleep(0.02)
+    pytest.fail("the pool did not fill within 20 s")
+
+
+@pytest.fixture
+def warm():
+    jail.warm_pool(python=1, javascript=1)
+    wait_until_full()
+    yield _pool.POOL
+    jail.warm_pool()  # off: idle sandboxes are killed and reaped
+
+
+@pytest.mark.parametrize("language", jail.LANGUAGES)
+def test_a_warm_run_is_served_by_a_sandbox_started_before_it(warm, language):
+    before = warm.stats.hits[language]
+    result = jail.run("return x * 2", language, {"x": 21})
+    assert result.output == 42 and result.stats.warm
+    assert warm.stats.hits[language] == before + 1
+    wait_until_full()  # refilled in the background
+    assert jail.run("return 1", language).stats.warm
+
+
+def test_each_warm_sandbox_serves_one_request(warm):
+    used = set()
+    for _ in range(3):
+        wait_until_full()
+        [taken] = warm.idle_pids_of("python")
+        assert taken not in used  # never one that already ran a snippet
+        result = jail.run("import os\nreturn os.getpid()")
+        assert result.stats.warm and result.output == 1  # pid 1 of a namespace of its own
+        assert not os.path.exists(f"/proc/{taken}")  # gone, and reaped
+        used.add(taken)
+
+
+def test_a_request_unlike_the_warm_sandboxes_goes_cold_at_once(warm):
+    result = jail.run("return 1", limits={"memory_mb": 128})  # memory is fixed at start
+    assert result.output == 1 and not result.stats.warm
+    result = jail.run("return 1", policy=jail.Policy(scratch_mb=1))
+    assert not result.stats.warm
+    # Host-side limits are the request's own, from the moment it takes the sandbox.
+    time.sleep(0.5)
+    started = time.monotonic()
+    with pytest.raises(jail.TimeLimitExceeded):
+        jail.run("while True:\n    pass", limits={"timeout_ms": 700})
+    assert 0.6 < time.monotonic() - started < 1.7
+
+
+def test_an_empty_pool_never_makes_a_request_wait():
+    jail.warm_pool(python=1)
+    try:
+        for _ in range(3):  # faster than the pool refills: some go cold, none waits
+            assert jail.run("return 1").output == 1
+        assert _pool.POOL.stats.misses["python"] + _pool.POOL.stats.hits["python"] >= 3
+    finally:
+        jail.warm_pool()
+
+
+PLANT = ("import builtins, os, sys, threading, time\nbuiltins.len = lambda x: 42\nsys.modules['planted'] = sys\n"
+         "os.environ['PLANTED'] = '1'\nopen('/tmp/planted', 'w').write('x')\n"
+         "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+         "return 'planted'")
+CHECK = ("import os, sys, threading\nreturn [len([1]), 'planted' in sys.modules, 'PLANTED' in os.environ,"
+         " os.path.exists('/tmp/planted'), threading.active_count()]")
+
+
+def test_warm_or_cold_no_run_sees_what_another_planted():
+    scratch = jail.Policy(scratch_mb=4)
+    jail.warm_pool(policy=scratch, python=2)
+    try:
+        wait_until_full()
+        planted = jail.run(PLANT, policy=scratch)
+        warm_check = jail.run(CHECK, policy=scratch)
+        cold_check = jail.run(CHECK, policy=jail.Policy(scratch_mb=4, uid_range=(210_000, 64)))
+        assert planted.stats.warm and warm_check.stats.warm and not cold_check.stats.warm
+        assert warm_check.output == cold_check.output == [1, False, False, False, 1]
+    finally:
+        jail.warm_pool()
+
+
+def test_turning_the_pool_off_leaves_no_process():
+    jail.warm_pool(python=2, javascript=2)
+    wait_until_full()
+    assert len(_pool.POOL.idle_pids()) == 4
+    jail.warm_pool()
+    assert _pool.POOL.idle_pids() == [] and sandbox_processes() == []
+
+
+def test_idle_warm_sandboxes_are_small(warm):
+    """Resident memory of an idle warm sandbox (the figure is in docs/benchmarks.md)."""
+    sizes = {}
+    for language, queue in warm._ready.items():
+        for running in queue:
+            with open(f"/proc/{running.sandbox.pid}/status") as f:
+                sizes[language] = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+    assert set(sizes) == {"python", "javascript"}
+    assert sizes["python"] < 24 * 1024 and sizes["javascript"] < 64 * 1024, sizes
+
+
+def test_bad_pool_sizes_are_refused():
+    with pytest.raises(ValueError, match="ruby"):
+        jail.warm_pool(ruby=1)
+    with pytest.raises(ValueError, match="whole number"):
+        jail.warm_pool(python=-1)
