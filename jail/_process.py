@@ -234,6 +234,16 @@ def _reap(pid):
             continue
 
 
+class _ThreadLoop:
+    """This thread's private loop, closed when the thread's locals go (its end)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self):
+        self.loop.close()
+
+
 _local = threading.local()
 
 
@@ -247,10 +257,10 @@ def run_sync(coroutine):
     else:
         coroutine.close()
         raise RuntimeError("jail.run() was called from a running event loop: use `await jail.run_async()`")
-    loop = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = _local.loop = asyncio.new_event_loop()
-    return loop.run_until_complete(coroutine)
+    holder = getattr(_local, "holder", None)
+    if holder is None or holder.loop.is_closed():
+        holder = _local.holder = _ThreadLoop()
+    return holder.loop.run_until_complete(coroutine)
 
 
 

@@ -9,7 +9,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/sched.h>
@@ -103,16 +102,22 @@ static void join_cgroups_child(struct child_state *state)
 /* From the host's uid (root, or the unprivileged server user) to the mapped
  * sandbox uid. Capabilities in the new user namespace survive, because the
  * old uid is not the namespace's root (capabilities(7), "Effect of user ID
- * changes"); they go at exec, as the uid is not 0 there. */
+ * changes"); they go at exec, as the uid is not 0 there.
+ *
+ * Raw syscalls: glibc's wrappers broadcast the change to every thread the
+ * parent had, under a lock another parent thread may have held at clone
+ * time, and the child would wait for it forever. */
 static void become_sandbox_user_child(struct child_state *state)
 {
     const struct jail_config *config = state->config;
+    uid_t uid = config->inside_uid;
+    gid_t gid = config->inside_gid;
 
-    if (!config->deny_setgroups && setgroups(0, NULL) < 0)
+    if (!config->deny_setgroups && syscall(SYS_setgroups, 0, NULL) < 0)
         child_fail(state, JAIL_STEP_SETGROUPS, -1);
-    if (setresgid(config->inside_gid, config->inside_gid, config->inside_gid) < 0)
+    if (syscall(SYS_setresgid, gid, gid, gid) < 0)
         child_fail(state, JAIL_STEP_SETGID, -1);
-    if (setresuid(config->inside_uid, config->inside_uid, config->inside_uid) < 0)
+    if (syscall(SYS_setresuid, uid, uid, uid) < 0)
         child_fail(state, JAIL_STEP_SETUID, -1);
 }
 

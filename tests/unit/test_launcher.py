@@ -210,3 +210,29 @@ def test_no_leftovers_after_500_runs(backend):
     for _ in range(500):
         assert run_spec(spec, backend=backend).stats.exit_code == 0
     assert _counts() == before
+
+
+def test_spawning_while_other_threads_come_and_go_never_deadlocks():
+    """The child of a threaded parent must not take a lock another parent
+    thread may have held at clone time (glibc's setxid broadcast did)."""
+    import threading
+
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            thread = threading.Thread(target=lambda: None)
+            thread.start()
+            thread.join()
+
+    churners = [threading.Thread(target=churn, daemon=True) for _ in range(2)]
+    for thread in churners:
+        thread.start()
+    done = []
+    spawner = threading.Thread(target=lambda: done.extend(
+        run_spec(python_spec("pass")).stats.exit_code for _ in range(150)), daemon=True)
+    spawner.start()
+    spawner.join(timeout=90)
+    stop.set()
+    assert not spawner.is_alive(), f"a spawn hung after {len(done)} runs"
+    assert done == [0] * 150
