@@ -40,6 +40,27 @@ class Support:
 
 @functools.lru_cache(maxsize=None)
 def detect() -> Support:
+    support = _detect()
+    _sweep_stale(support.mode)
+    return support
+
+
+def _sweep_stale(mode) -> None:
+    """Groups left by a process that was killed before it could remove them
+    (named "<pid>-<n>"): removed once that pid is gone and the group is empty."""
+    parents = {"v1": [f"{CGROUP_ROOT}/memory/{GROUP}", f"{CGROUP_ROOT}/pids/{GROUP}"],
+               "v2": [f"{CGROUP_ROOT}/{GROUP}"]}.get(mode, [])
+    for parent in parents:
+        for name in os.listdir(parent):
+            pid = name.split("-", 1)[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and os.path.isdir(f"{parent}/{name}"):
+                try:
+                    os.rmdir(f"{parent}/{name}")
+                except OSError:
+                    pass  # still holds a process: not stale after all
+
+
+def _detect() -> Support:
     mounts = _mount_types()
     if mounts.get(CGROUP_ROOT, ("",))[0] == "cgroup2":
         try:

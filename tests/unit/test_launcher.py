@@ -236,3 +236,16 @@ def test_spawning_while_other_threads_come_and_go_never_deadlocks():
     stop.set()
     assert not spawner.is_alive(), f"a spawn hung after {len(done)} runs"
     assert done == [0] * 150
+
+
+@pytest.mark.needs_root
+def test_groups_left_by_a_killed_process_are_swept_on_first_use():
+    support = _cgroup.detect()
+    if support.mode != "v1":
+        pytest.skip(f"this test makes v1 groups by hand; cgroups here: {support.reason}")
+    stale = [f"{_cgroup.CGROUP_ROOT}/{c}/{_cgroup.GROUP}/4194999-7" for c in ("memory", "pids")]
+    for path in stale:
+        os.mkdir(path)
+    _cgroup.detect.cache_clear()
+    _cgroup.detect()
+    assert not any(os.path.exists(path) for path in stale)
