@@ -82,3 +82,15 @@ def test_command_line():
     assert json.loads(out.stdout) == {"output": 7}
     out = cli("-e", "return 1", "--scope", '{"not an id": 1}')
     assert out.returncode == 2 and "not a Python identifier" in json.loads(out.stderr)["error"]["message"]
+
+
+def test_the_http_folder_does_not_shadow_the_standard_library():
+    """http/ has no __init__.py and installs as jail_http (DESIGN.md section 1)."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", "import http.cookies, jail_http.server; print(http.cookies.__file__)"],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert not out.stdout.strip().startswith(str(root))
+    assert not (root / "http" / "__init__.py").exists()
