@@ -28,23 +28,18 @@ import time
 
 from jail import _backends, _process, _runtime, _sandbox
 
-HARNESS = {"python": "run.py", "javascript": "run.js"}
+LANGUAGES = tuple(_runtime.LANGUAGES)
 
 
 def _sizes_from_environment() -> dict:
     sizes = {}
-    for language in HARNESS:
+    for language in LANGUAGES:
         text = os.environ.get(f"JAIL_POOL_{language.upper()}", "0")
         try:
             sizes[language] = max(0, int(text))
         except ValueError:
             raise ValueError(f"JAIL_POOL_{language.upper()}={text!r} is not a whole number") from None
     return sizes
-
-
-def harness_spec(language, policy, limits) -> _sandbox.SandboxSpec:
-    runtime = _runtime.LANGUAGES[language]()
-    return _sandbox.build_spec(runtime, policy, limits, (f"{_runtime.HARNESS_INSIDE}/{HARNESS[language]}",))
 
 
 @dataclasses.dataclass
@@ -59,8 +54,8 @@ class WarmPool:
     def __init__(self):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._ready = {language: collections.deque() for language in HARNESS}
-        self._sizes = dict.fromkeys(HARNESS, 0)
+        self._ready = {language: collections.deque() for language in LANGUAGES}
+        self._sizes = dict.fromkeys(LANGUAGES, 0)
         self._policy = None
         self._thread = None
         self._stopping = False
@@ -147,7 +142,7 @@ class WarmPool:
                 policy = self._policy
             started_at = time.monotonic()
             try:
-                spec = harness_spec(language, policy, policy.capped(policy.limits))
+                spec = _sandbox.harness_spec(language, policy, policy.capped(policy.limits))
                 running = _process.start(_backends.get(policy.backend), spec)
             except Exception:  # the cold path will report it to a caller; do not spin
                 time.sleep(1)
@@ -204,11 +199,11 @@ def configure(policy=None, **sizes) -> None:
     global _configured
     from jail._policy import DEFAULT_POLICY
 
-    unknown = sorted(set(sizes) - set(HARNESS))
+    unknown = sorted(set(sizes) - set(LANGUAGES))
     if unknown:
-        raise ValueError(f"warm_pool() takes sizes for {', '.join(HARNESS)}, not {', '.join(unknown)}")
+        raise ValueError(f"warm_pool() takes sizes for {', '.join(LANGUAGES)}, not {', '.join(unknown)}")
     for language, size in sizes.items():
         if type(size) is not int or size < 0:
             raise ValueError(f"warm_pool({language}=...) must be a whole number, not {size!r}")
     _configured = True
-    POOL.configure({**dict.fromkeys(HARNESS, 0), **sizes}, policy or DEFAULT_POLICY)
+    POOL.configure({**dict.fromkeys(LANGUAGES, 0), **sizes}, policy or DEFAULT_POLICY)

@@ -62,14 +62,26 @@ class Started:
     sandbox: object
     host_fds: list
 
-    def discard(self) -> None:
-        """Kills and releases a sandbox that will not be used."""
+    def close_fd(self, fd) -> None:
+        """Closes one of host_fds now (end() closes the rest)."""
+        self.host_fds[self.host_fds.index(fd)] = -1
+        os.close(fd)
+
+    def end(self):
+        """Kills it (if it still runs), closes its fds, reaps it and releases
+        what it held: (wait status, rusage, Finished)."""
         self.sandbox.kill()
         for fd in self.host_fds:
-            os.close(fd)
-        _reap(self.sandbox.pid)
+            if fd >= 0:
+                os.close(fd)
+        self.host_fds = [-1] * len(self.host_fds)
+        _, status, usage = _reap(self.sandbox.pid)
         os.close(self.sandbox.pidfd)
-        self.sandbox.finish()
+        return status, usage, self.sandbox.finish()
+
+    def discard(self) -> None:
+        """Ends a sandbox that will not be used."""
+        self.end()
 
 
 def start(backend, spec) -> Started:
@@ -107,7 +119,7 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
     started = time.monotonic() if started is None else started
     backend, sandbox, host_fds = running.backend, running.sandbox, running.host_fds
 
-    stdin_fd, out_fds = host_fds[0], host_fds[1:]
+    stdin_fd, out_fds = host_fds[0], list(host_fds[1:])
     buffers = {fd: bytearray() for fd in out_fds}
     names = dict(zip(out_fds, ("stdout", "stderr", "result")))
     open_fds = set(out_fds)
@@ -148,7 +160,7 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         nonlocal stdin_fd
         if stdin_fd >= 0:
             loop.remove_writer(stdin_fd)
-            os.close(stdin_fd)
+            running.close_fd(stdin_fd)
             stdin_fd = -1
 
     def on_writable():
@@ -184,15 +196,12 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         raise SandboxError("the sandbox's output pipes stayed open after it exited")
     finally:
         timer.cancel()
-        sandbox.kill()
         loop.remove_reader(sandbox.pidfd)
         for fd in out_fds:
             loop.remove_reader(fd)
-            os.close(fd)
-        close_stdin()
-        _, status, usage = _reap(sandbox.pid)
-        os.close(sandbox.pidfd)
-        finished = sandbox.finish()
+        if stdin_fd >= 0:
+            loop.remove_writer(stdin_fd)
+        status, usage, finished = running.end()
 
     wall_ms = (time.monotonic() - started) * 1000
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None

@@ -10,12 +10,12 @@ import dataclasses
 import json
 import keyword
 
-from jail import _backends, _codec, _pool, _process
+from jail import _backends, _codec, _pool, _process, _runtime, _sandbox
 from jail._errors import (ExecutionError, MemoryLimitExceeded, OutputLimitExceeded, RequestError,
                           TimeLimitExceeded)
 from jail._policy import DEFAULT_POLICY, Limits, Policy
 
-LANGUAGES = ("python", "javascript")
+LANGUAGES = tuple(_runtime.LANGUAGES)
 # Per-call limits a caller may set (the rest are the policy's alone).
 CALLER_LIMITS = ("timeout_ms", "memory_mb", "output_bytes")
 MIN_MEMORY_MB = 64  # Node hangs at start under a 32 MiB data limit
@@ -208,7 +208,7 @@ async def run_prepared(prepared: Prepared, on_output=None) -> Result:
     if warm is not None:
         outcome = await _process.communicate(warm, prepared.limits, prepared.request, on_output, warm=True)
     else:
-        spec = _pool.harness_spec(prepared.language, prepared.policy, prepared.limits)
+        spec = _sandbox.harness_spec(prepared.language, prepared.policy, prepared.limits)
         outcome = await _process.execute(_backends.get(prepared.policy.backend), spec, prepared.request, on_output)
     return _interpret(outcome, prepared.limits)
 

@@ -148,3 +148,4 @@ def binary(host_path: str) -> Runtime:
 
 
 LANGUAGES = {"python": python, "javascript": javascript}
+HARNESS = {"python": "run.py", "javascript": "run.js"}  # each language's harness, in harness/

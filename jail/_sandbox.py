@@ -72,3 +72,9 @@ def build_spec(runtime, policy: Policy, limits: Limits, program: tuple) -> Sandb
         workdir="/tmp" if policy.scratch_mb else "/",
         uid_range=policy.uid_range,
     )
+
+
+def harness_spec(language, policy: Policy, limits: Limits) -> SandboxSpec:
+    """The spec of a run of language's harness (it reads its request on stdin)."""
+    program = (f"{_runtime.HARNESS_INSIDE}/{_runtime.HARNESS[language]}",)
+    return build_spec(_runtime.LANGUAGES[language](), policy, limits, program)

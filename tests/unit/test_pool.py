@@ -13,7 +13,7 @@ from jail import _pool
 def wait_until_full(timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(len(_pool.POOL._ready[lang]) >= _pool.POOL.size(lang) for lang in _pool.HARNESS):
+        if all(len(_pool.POOL._ready[lang]) >= _pool.POOL.size(lang) for lang in _pool.LANGUAGES):
             return
         time.sleep(0.02)
     pytest.fail("the pool did not fill within 20 s")
