@@ -46,4 +46,4 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py constraints.txt n
 	touch $@
 
 clean:
-	rm -rf $(VENV) build *.egg-info jail/_native*.so jail/_native.c
+	rm -rf $(VENV) build *.egg-info jail/_native*.so jail/_native.c jail/_zygote_server*.so

@@ -45,7 +45,7 @@ const utf8Encoder = new TextEncoder();
 const EncodeUtf8 = uncurry(TextEncoder.prototype.encode);
 const { writeSync, closeSync, openSync, readFileSync } = fs;
 const ProcessOn = uncurry(process.on);
-const reallyExit = process.reallyExit;  // exits at once: no 'exit' listeners, no pending work
+let reallyExit = process.reallyExit;  // exits at once: no 'exit' listeners, no pending work
 const AsyncFunction = (async function () {}).constructor;
 
 const FILENAME = '<snippet>';
@@ -491,9 +491,46 @@ function warmUp() {
   encode([1, 'a', { b: true }, null, 2.5]);
 }
 
-async function run() {
-  channel = takeResultChannel();
+// -- a zygote (--zygote): one warm interpreter that forks a fresh child per request ---------
+
+const ZYGOTE_LIBRARY = '/opt/zygote/zygote.so';
+
+// Warm up, then serve as the fork server of native/zygote.c (loaded as an addon): serve()
+// returns only in a new child, already a sandbox of its own, which then runs as a fresh
+// process would.
+function becomeZygoteChild() {
   warmUp();
+  const addon = { exports: {} };
+  process.dlopen(addon, ZYGOTE_LIBRARY);
+  addon.exports.serve();
+  reallyExit = addon.exports.exit;  // Node's own exit would join helper threads the fork did not copy
+  process.argv.splice(2);
+  reseedMathRandom();
+}
+
+// A fork copies V8's random state, so every child would draw the zygote's numbers: the
+// child draws from the system's generator instead (OpenSSL reseeds itself after a fork).
+function reseedMathRandom() {
+  const fill = crypto.getRandomValues.bind(crypto);
+  const pool = new Uint32Array(512);
+  let next = pool.length;
+  const random = function random() {
+    if (next >= pool.length) {
+      fill(pool);
+      next = 0;
+    }
+    const high = pool[next++] >>> 5;
+    const low = pool[next++] >>> 6;
+    return (high * 67108864 + low) / 9007199254740992;  // 53 random bits in [0, 1)
+  };
+  Object.defineProperty(Math, 'random', { value: random, writable: true, configurable: true, enumerable: false });
+}
+
+async function run() {
+  const zygote = process.argv[2] === '--zygote';
+  if (zygote) becomeZygoteChild();
+  channel = takeResultChannel();
+  if (!zygote) warmUp();
   let code;
   let codeLines;
   let args;

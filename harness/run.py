@@ -425,5 +425,30 @@ def run():
     write_and_exit(fd, message)
 
 
+# -- a zygote (--zygote): one warm interpreter that forks a fresh child per request ---------
+
+ZYGOTE_LIBRARY = "/opt/zygote/zygote.so"
+
+
+def become_zygote_child():
+    """Warm up, then serve as the fork server of native/zygote.c: this returns only
+    in a new child, already a sandbox of its own, which then runs as a fresh process.
+    Nothing of the zygote's own (ctypes, its argv) is left for the snippet to see."""
+    before = set(sys.modules)
+    compile_snippet("return x", ["x"], {"__builtins__": builtins})
+    encode([1, "a", {"b": True}, None, 2.5, Decimal("1.5"), datetime(2000, 1, 1)])
+    import ctypes
+
+    serve = ctypes.PyDLL(ZYGOTE_LIBRARY).jail_zygote_serve  # PyDLL: the GIL stays held across the fork
+    serve()
+    ctypes.pythonapi.PyOS_AfterFork_Child()  # what os.fork does in a child: at-fork hooks, thread state
+    del serve, ctypes
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+    del sys.argv[1:]
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--zygote"]:
+        become_zygote_child()
     run()

@@ -26,7 +26,7 @@ import select
 import threading
 import time
 
-from jail import _backends, _process, _runtime, _sandbox
+from jail import _backends, _process, _runtime, _sandbox, _zygote
 
 LANGUAGES = tuple(_runtime.LANGUAGES)
 
@@ -57,6 +57,8 @@ class WarmPool:
         self._ready = {language: collections.deque() for language in LANGUAGES}
         self._sizes = dict.fromkeys(LANGUAGES, 0)
         self._policy = None
+        self._zygotes = {}  # language -> its Zygote for the current policy
+        self.zygote_off = {}  # language -> why its warm sandboxes are spawned, not forked
         self._thread = None
         self._stopping = False
         self.stats = PoolStats()
@@ -64,11 +66,14 @@ class WarmPool:
     def configure(self, sizes: dict, policy) -> None:
         """Keeps sizes[language] warm sandboxes of policy; 0 everywhere stops the pool."""
         with self._lock:
-            stale = []
+            stale, stale_zygotes = [], []
             if policy != self._policy:
                 stale = [running for queue in self._ready.values() for running in queue]
                 for queue in self._ready.values():
                     queue.clear()
+                stale_zygotes = list(self._zygotes.values())
+                self._zygotes.clear()
+                self.zygote_off.clear()
             self._policy = policy
             self._sizes.update({language: int(size) for language, size in sizes.items()})
             running = self._thread is not None and self._thread.is_alive()
@@ -79,6 +84,8 @@ class WarmPool:
             self._wake.notify_all()
         for started in stale:
             started.discard()
+        for zygote in stale_zygotes:
+            zygote.stop()
         if not any(self._sizes.values()):
             self.stop()
 
@@ -93,15 +100,26 @@ class WarmPool:
             idle = [running for queue in self._ready.values() for running in queue]
             for queue in self._ready.values():
                 queue.clear()
+            zygotes = list(self._zygotes.values())
+            self._zygotes.clear()
         for started in idle:
             started.discard()
+        for zygote in zygotes:
+            zygote.stop()  # each ends once its last child (a run in flight) is gone
 
     def size(self, language) -> int:
         return self._sizes.get(language, 0)
 
     def idle_pids(self) -> list:
+        """The idle warm sandboxes and the zygotes."""
         with self._lock:
-            return [running.sandbox.pid for queue in self._ready.values() for running in queue]
+            zygotes = [zygote.pid for zygote in self._zygotes.values() if zygote.pid is not None]
+            return [running.sandbox.pid for queue in self._ready.values() for running in queue] + zygotes
+
+    def zygote_pid(self, language):
+        with self._lock:
+            zygote = self._zygotes.get(language)
+            return zygote.pid if zygote is not None else None
 
     def idle_pids_of(self, language) -> list:
         with self._lock:
@@ -142,8 +160,7 @@ class WarmPool:
                 policy = self._policy
             started_at = time.monotonic()
             try:
-                spec = _sandbox.harness_spec(language, policy, policy.capped(policy.limits))
-                running = _process.start(_backends.get(policy.backend), spec)
+                running = self._make(language, policy)
             except Exception:  # the cold path will report it to a caller; do not spin
                 time.sleep(1)
                 continue
@@ -157,6 +174,44 @@ class WarmPool:
                     stale = None
             if stale is not None:
                 stale.discard()
+
+    def _make(self, language, policy) -> _process.Started:
+        """One warm sandbox: forked by the language's zygote where one can serve
+        the policy, else spawned like a cold one."""
+        limits = policy.capped(policy.limits)
+        zygote = self._zygote(language, policy, limits)
+        if zygote is not None:
+            try:
+                return zygote.fork()
+            except Exception as exc:
+                with self._lock:
+                    self.zygote_off[language] = f"its zygote failed: {exc}"
+                    if self._zygotes.get(language) is zygote:
+                        del self._zygotes[language]
+                zygote.stop()
+        return _process.start(_backends.get(policy.backend), _sandbox.harness_spec(language, policy, limits))
+
+    def _zygote(self, language, policy, limits):
+        with self._lock:
+            zygote = self._zygotes.get(language)
+            if zygote is not None and zygote.alive():
+                return zygote
+            if language in self.zygote_off:
+                return None
+        reason = _zygote.unavailable_reason(policy)
+        try:
+            zygote = None if reason else _zygote.Zygote(language, policy, limits)
+        except Exception as exc:
+            reason = f"its zygote did not start: {exc}"
+        with self._lock:
+            if reason:
+                self.zygote_off[language] = reason
+            elif self._policy == policy and not self._stopping:
+                self._zygotes[language] = zygote
+                return zygote
+        if zygote is not None:
+            zygote.stop()
+        return None
 
     def _missing(self):
         return next((language for language, size in self._sizes.items() if len(self._ready[language]) < size), None)

@@ -75,8 +75,7 @@ class Started:
             if fd >= 0:
                 os.close(fd)
         self.host_fds = [-1] * len(self.host_fds)
-        _, status, usage = _reap(self.sandbox.pid)
-        os.close(self.sandbox.pidfd)
+        status, usage = self.sandbox.wait()
         return status, usage, self.sandbox.finish()
 
     def discard(self) -> None:
@@ -233,14 +232,6 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         oom_killed=finished.oom_killed,
         **flags,
     )
-
-
-def _reap(pid):
-    while True:
-        try:
-            return os.wait4(pid, 0)
-        except InterruptedError:
-            continue
 
 
 class _ThreadLoop:

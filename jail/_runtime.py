@@ -149,3 +149,7 @@ def binary(host_path: str) -> Runtime:
 
 LANGUAGES = {"python": python, "javascript": javascript}
 HARNESS = {"python": "run.py", "javascript": "run.js"}  # each language's harness, in harness/
+# A zygote's fork server (native/zygote.c), as its harness finds it inside.
+ZYGOTE_LIBRARY = "/opt/zygote/zygote.so"
+# Interpreter flags of a zygote: V8 must not keep work on helper threads, which a fork does not copy.
+ZYGOTE_FLAGS = {"python": (), "javascript": ("--single-threaded",)}

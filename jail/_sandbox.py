@@ -74,6 +74,26 @@ def build_spec(runtime, policy: Policy, limits: Limits, program: tuple) -> Sandb
     )
 
 
+def zygote_spec(language, policy: Policy, limits: Limits, library: str) -> SandboxSpec:
+    """The base sandbox of a language's zygote (jail._zygote): its harness in
+    zygote mode with the fork server library, the zygote's own seccomp filter,
+    a proc (each child detaches it, or buries it under its own) and no cpu limit of its own; each child
+    gets ``harness_spec``'s filter and rlimits."""
+    spec = harness_spec(language, policy, limits)
+    proc = _runtime.Mount("proc", "/proc")
+    mounts = tuple(m for m in spec.mounts if m != proc) + (_runtime.Mount("bind", _runtime.ZYGOTE_LIBRARY, library), proc)
+    unlimited = resource.RLIM_INFINITY % 2**64  # as the kernel spells it (-1 in Python)
+    rlimits = tuple((which, unlimited, unlimited) if which == resource.RLIMIT_CPU
+                    else (which, soft, hard) for which, soft, hard in spec.rlimits)
+    return dataclasses.replace(
+        spec,
+        argv=spec.argv[:-1] + _runtime.ZYGOTE_FLAGS[language] + spec.argv[-1:] + ("--zygote",),
+        mounts=mounts,
+        rlimits=rlimits,
+        seccomp=_seccomp.filter_bytes(spec.runtime.seccomp_profile, spec.scratch, zygote=True),
+    )
+
+
 def harness_spec(language, policy: Policy, limits: Limits) -> SandboxSpec:
     """The spec of a run of language's harness (it reads its request on stdin)."""
     program = (f"{_runtime.HARNESS_INSIDE}/{_runtime.HARNESS[language]}",)

@@ -22,22 +22,26 @@ KAFEL_NAMES = {"fstat": "newfstat", "stat": "newstat", "lstat": "newlstat", "una
                "sendfile": "sendfile64", "umount2": "umount"}
 
 
-def rules(profile: str, scratch: bool) -> list:
+def rules(profile: str, scratch: bool, zygote: bool = False) -> list:
     """(action, syscall, conditions): a condition is (arg, value) for arg ==
-    value, or (arg, mask, value) for (arg & mask) == value."""
+    value, or (arg, mask, value) for (arg & mask) == value. ``zygote``: the
+    filter of a zygote itself (jail._syscalls.ZYGOTE), not of a snippet's."""
     names = _syscalls.COMMON + _syscalls.PROFILE_EXTRAS[profile]
     if scratch:
         names += _syscalls.SCRATCH_WRITES
+    if zygote:
+        names += _syscalls.ZYGOTE + ("prctl",)
     out = [(ALLOW, name, ()) for name in names]
     out += [(ENOSYS, name, ()) for name in _syscalls.ENOSYS]
-    out += [(KILL, name, ()) for name in _syscalls.KILL]
+    out += [(KILL, name, ()) for name in _syscalls.KILL if name not in names]
     out += [(ALLOW, "socket", ((0, _syscalls.AF_UNIX),)), (ALLOW, "socketpair", ((0, _syscalls.AF_UNIX),))]
     out += [(ALLOW, "ioctl", ((1, request),)) for request in _syscalls.IOCTL_REQUESTS]
-    out += [(ALLOW, "prctl", ((0, option),)) for option in _syscalls.PRCTL_OPTIONS]
+    if not zygote:
+        out += [(ALLOW, "prctl", ((0, option),)) for option in _syscalls.PRCTL_OPTIONS]
     ns_flags = _syscalls.NAMESPACE_CLONE_FLAGS
     out += [(ALLOW, "clone", ((0, ns_flags, 0),))]
     out += [(KILL, "clone", ((0, bit, bit),)) for bit in (1 << i for i in range(64) if ns_flags >> i & 1)]
-    if scratch:
+    if scratch or zygote:
         out += [(ALLOW, "open", ()), (ALLOW, "openat", ())]
     else:
         write_flags = _syscalls.OPEN_WRITE_FLAGS
@@ -56,10 +60,10 @@ def _pyseccomp_arg(condition):
 
 
 @functools.lru_cache(maxsize=None)
-def filter_bytes(profile: str, scratch: bool = False) -> bytes:
+def filter_bytes(profile: str, scratch: bool = False, zygote: bool = False) -> bytes:
     """The BPF program (struct sock_filter[]) of a profile."""
     sandbox_filter = seccomp.SyscallFilter(_pyseccomp_action(DEFAULT))
-    for action, name, conditions in rules(profile, scratch):
+    for action, name, conditions in rules(profile, scratch, zygote):
         sandbox_filter.add_rule(_pyseccomp_action(action), name, *map(_pyseccomp_arg, conditions))
     with tempfile.TemporaryFile() as out:
         sandbox_filter.export_bpf(out)

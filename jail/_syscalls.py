@@ -17,6 +17,8 @@ Deny by default. What a snippet meets when it calls something not listed:
 ``socket`` and ``socketpair`` are allowed for ``AF_UNIX`` only, ``clone`` without
 namespace flags only, ``ioctl`` and ``prctl`` for the requests listed below only.
 
+A zygote's filter is its profile's plus ``ZYGOTE`` (see there).
+
 A profile is ``COMMON`` plus its extras (``PYTHON`` needs nothing more); the policy's
 ``scratch`` switch adds ``SCRATCH_WRITES`` and lifts the open-for-writing check
 (the mount namespace still makes everything but the scratch folder read-only).
@@ -104,6 +106,15 @@ KILL = (
     "reboot", "swapon", "swapoff", "acct", "iopl", "ioperm", "quotactl",
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "open_by_handle_at", "name_to_handle_at", "lookup_dcookie", "vhangup", "syslog", "uselib",
+)
+
+# The zygote (native/zygote.c) makes each child's namespaces, ids and limits
+# before the child installs the profile's own filter on top of this one: these
+# calls are the zygote's alone, never a snippet's. It may also open /proc files
+# for writing (the id maps) and use any prctl.
+ZYGOTE = (
+    "unshare", "setns", "mount", "umount2", "pidfd_open", "setresuid", "setresgid", "setgroups",
+    "capset", "seccomp", "sethostname",
 )
 
 PROFILE_EXTRAS = {"base": (), "python": PYTHON, "javascript": JAVASCRIPT}

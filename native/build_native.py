@@ -20,11 +20,11 @@ def _version() -> str:
 
 
 ffi = FFI()
-ffi.cdef((NATIVE / "launcher.h").read_text())
+ffi.cdef((NATIVE / "launcher.h").read_text() + (NATIVE / "zygote.h").read_text())
 ffi.set_source(
     "jail._native",
-    '#include <stdint.h>\n#include <stddef.h>\n#include "launcher.h"\n',
-    sources=["native/launch.c", "native/mount.c"],
+    '#include <stdint.h>\n#include <stddef.h>\n#include "launcher.h"\n#include "zygote.h"\n',
+    sources=["native/launch.c", "native/mount.c", "native/caps.c"],
     include_dirs=[str(NATIVE)],
     define_macros=[("JAIL_NATIVE_VERSION", f'"{_version()}"')],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"],

@@ -9,7 +9,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
@@ -23,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "caps.h"
 #include "internal.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -162,20 +162,11 @@ static void set_rlimits_child(struct child_state *state)
     }
 }
 
-/* Bounding, ambient, then the three sets: nothing survives to the exec. */
 static void drop_capabilities_child(struct child_state *state)
 {
-    struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
-    struct __user_cap_data_struct data[2];
-
-    for (int cap = 0; cap < 64; cap++)
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
-            child_fail(state, JAIL_STEP_DROP_CAPS, cap);
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
-        child_fail(state, JAIL_STEP_DROP_CAPS, -1);
-    memset(data, 0, sizeof data);
-    if (syscall(SYS_capset, &header, data) < 0)
-        child_fail(state, JAIL_STEP_DROP_CAPS, -1);
+    int which;
+    if (jail_drop_capabilities(&which) < 0)
+        child_fail(state, JAIL_STEP_DROP_CAPS, which);
 }
 
 /* Must stay the last step before exec: every later syscall goes through the
@@ -215,7 +206,8 @@ static _Noreturn void run_child(const struct jail_config *config, int sync_fd, i
     set_rlimits_child(&state);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         child_fail(&state, JAIL_STEP_NO_NEW_PRIVS, -1);
-    drop_capabilities_child(&state);
+    if (!config->keep_caps)
+        drop_capabilities_child(&state);
     sigemptyset(&none);
     if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
         child_fail(&state, JAIL_STEP_SIGNALS, -1);

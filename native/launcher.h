@@ -60,6 +60,11 @@
 #define JAIL_STEP_SIGNALS 33
 #define JAIL_STEP_SECCOMP 34
 #define JAIL_STEP_EXEC 35
+/* The zygote's steps (native/zygote.c); the ones above keep their meaning there. */
+#define JAIL_STEP_PROTOCOL 36
+#define JAIL_STEP_UNSHARE 37
+#define JAIL_STEP_FORK 38
+#define JAIL_STEP_UMOUNT_PROC 39
 
 struct jail_mount {
     int kind;              /* JAIL_MOUNT_* */
@@ -101,6 +106,8 @@ struct jail_config {
     size_t bpf_len;
     const char *hostname;
     const char *workdir;          /* inside the sandbox */
+    int keep_caps;                /* 1: a zygote (native/zygote.c): it stays root of its user
+                                     namespace with its capabilities, which each child drops */
 };
 
 struct jail_report {

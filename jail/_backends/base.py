@@ -46,6 +46,19 @@ class UidPool:
                     return uid
         raise SandboxError(f"no free sandbox uid in {first}..{first + count - 1}: too many sandboxes at once")
 
+    def take_block(self, first: int, count: int, size: int) -> int:
+        """The first of `size` consecutive free uids (a zygote's children's)."""
+        with self._lock:
+            for start in range(first, first + count - size + 1):
+                if not any(uid in self._in_use for uid in range(start, start + size)):
+                    self._in_use.update(range(start, start + size))
+                    return start
+        raise SandboxError(f"no {size} free sandbox uids in a row in {first}..{first + count - 1}")
+
+    def give_back_block(self, start: int, size: int) -> None:
+        with self._lock:
+            self._in_use.difference_update(range(start, start + size))
+
     def give_back(self, uid: int) -> None:
         with self._lock:
             self._in_use.discard(uid)
@@ -89,6 +102,17 @@ class Sandbox:
 
     def kill(self) -> None:
         raise NotImplementedError
+
+    def wait(self):
+        """Reaps it once it is gone: (wait status, rusage). Closes the pidfd."""
+        while True:
+            try:
+                _, status, usage = os.wait4(self.pid, 0)
+                break
+            except InterruptedError:
+                continue
+        os.close(self.pidfd)
+        return status, usage
 
     def finish(self) -> Finished:
         """Releases what the sandbox held (uid, cgroup) once it is reaped."""

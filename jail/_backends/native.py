@@ -123,15 +123,16 @@ class _Keep:
         return array
 
 
-def _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup, keep):
+def _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup, keep, zygote=False):
     config = ffi.new("struct jail_config *")
+    config.keep_caps = int(zygote)
     keep.items.append(config)
     config.path = keep.str(spec.argv[0])
     config.argv = keep.strv(spec.argv)
     config.envp = keep.strv(f"{k}={v}" for k, v in spec.env)
     config.stdio = list(stdio)
     config.clone_flags = CLONE_FLAGS
-    config.inside_uid = config.inside_gid = INSIDE_ID
+    config.inside_uid = config.inside_gid = 0 if zygote else INSIDE_ID
     config.uid_map = keep.str(uid_map)
     config.gid_map = keep.str(gid_map)
     config.deny_setgroups = deny_setgroups
@@ -198,8 +199,17 @@ class NativeBackend(Backend):
         else:
             uid_map, gid_map = f"{INSIDE_ID} {os.geteuid()} 1", f"{INSIDE_ID} {os.getegid()} 1"
             deny_setgroups = 1
+        return self._spawn(spec, stdio, uid_map, gid_map, deny_setgroups, held)
+
+    def spawn_zygote(self, spec, stdio: tuple, held) -> NativeSandbox:
+        """A zygote's base sandbox (jail._zygote): root of its user namespace,
+        which maps held.uid to 0 and held's block of uids to 1 and up."""
+        id_map = f"0 {held.uid} 1\n1 {held.block} {held.block_size}"
+        return self._spawn(spec, stdio, id_map, id_map, 0, held, zygote=True)
+
+    def _spawn(self, spec, stdio, uid_map, gid_map, deny_setgroups, held, zygote=False):
         keep = _Keep()
-        config = _config(spec, stdio, uid_map, gid_map, deny_setgroups, held.cgroup, keep)
+        config = _config(spec, stdio, uid_map, gid_map, deny_setgroups, held.cgroup, keep, zygote)
         child = ffi.new("struct jail_child *")
         if lib.jail_spawn(config, child) != 0:
             held.release()

@@ -1,0 +1,487 @@
+/* The zygote: a fork server inside a warm base sandbox (jail/_zygote.py).
+ *
+ * The host starts an interpreter with its harness in a base sandbox that keeps
+ * the capabilities of its own user namespace (jail_config.keep_caps) and maps
+ * a block of uids. The harness loads this library (Python through ctypes, Node
+ * as an addon) and calls serve(), which never returns in the zygote: it forks
+ * one child per request of the host and returns in that child only, once the
+ * child is a sandbox of its own. Per child, in order:
+ *
+ *   zygote: a new pid namespace for the child (setns back to its own, then
+ *           unshare: the child is pid 1 of a namespace nobody else is in), fork;
+ *   child:  parent-death signal; its fds become 0-3, nothing else stays open;
+ *           it joins its own cgroups (files the host opened); new mount, ipc,
+ *           uts, net and cgroup namespaces; its own /tmp; hostname; session;
+ *           its own uid and gid; a new user namespace of that uid alone (its
+ *           id maps written through the zygote's /proc, which it then detaches);
+ *           rlimits; no-new-privs; no capabilities; the seccomp filter last.
+ *
+ * The child reports a failed step on a pipe and exits 126; the zygote answers
+ * STARTED only once the child has reached its last step (the pipe reads EOF).
+ * Exits are reported with the child's wait status and cpu time.
+ *
+ * The language runtime runs again in the child after this returns, so the
+ * zygote must be single-threaded where it matters (Node runs with
+ * --single-threaded; glibc's fork keeps malloc consistent). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "caps.h"
+#include "launcher.h"
+#include "zygote.h"
+
+#define CONTROL_FD 0
+#define PROC_DIR "/proc"
+#define BPF_MAX_BYTES (JAIL_MAX_BPF_INSNS * sizeof(struct sock_filter))
+
+struct child_slot {
+    uint64_t token;
+    pid_t pid;
+    int pidfd;
+};
+
+struct zygote {
+    struct sock_fprog filter;
+    unsigned char bpf[BPF_MAX_BYTES];
+    int self_pidfd;
+    struct child_slot children[JAIL_ZYGOTE_MAX_CHILDREN];
+    int n_children;
+};
+
+static struct zygote zygote; /* static: nothing allocated, and not on the stack a child inherits */
+
+struct failure {
+    int32_t step, err, index;
+};
+
+static _Noreturn void child_fail(int report_fd, int step, int index)
+{
+    struct failure failure = {.step = step, .err = errno, .index = index};
+    ssize_t ignored = write(report_fd, &failure, sizeof failure);
+    (void)ignored;
+    _exit(JAIL_EXIT_SETUP_FAILED);
+}
+
+static int write_at(int dirfd, const char *name, const char *text, size_t len)
+{
+    int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = write(fd, text, len); /* id maps are taken in one write only */
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n == (ssize_t)len ? 0 : -1;
+}
+
+static size_t format_uint(char *buf, unsigned long n)
+{
+    char digits[24];
+    size_t len = 0, i = 0;
+    do {
+        digits[len++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    while (len)
+        buf[i++] = digits[--len];
+    return i;
+}
+
+/* "inside outside 1" */
+static size_t id_map(char *buf, uint32_t inside, uint32_t outside)
+{
+    size_t len = format_uint(buf, inside);
+    buf[len++] = ' ';
+    len += format_uint(buf + len, outside);
+    memcpy(buf + len, " 1", 2);
+    return len + 2;
+}
+
+/* ---- the child: from a copy of the zygote to a sandbox of its own ---- */
+
+/* 0-3 become the request's; the fds the zygote itself holds (its pidfds)
+ * are closed. The runtime's own (its event loop's) are left to it, as in a
+ * fresh process: the zygote keeps 0-3 taken so that none of them is 0-3. */
+static void take_fds_child(int report_fd, const int *fds, int n_fds, int *cgroup_fds)
+{
+    int copies[JAIL_ZYGOTE_MAX_FDS];
+
+    /* Above anything we may overwrite first, then into place. */
+    for (int i = 0; i < n_fds; i++)
+        if ((copies[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 64 + JAIL_ZYGOTE_MAX_FDS)) < 0)
+            child_fail(report_fd, JAIL_STEP_DUP_FDS, i);
+    for (int i = 0; i < JAIL_ZYGOTE_STDIO; i++)
+        if (dup2(copies[i], i) < 0)
+            child_fail(report_fd, JAIL_STEP_DUP_FDS, i);
+    for (int i = 0; i < n_fds; i++) {
+        close(fds[i]);
+        if (i < JAIL_ZYGOTE_STDIO)
+            close(copies[i]);
+        else
+            cgroup_fds[i - JAIL_ZYGOTE_STDIO] = copies[i];
+    }
+    close(zygote.self_pidfd);
+    for (int i = 0; i < zygote.n_children; i++)
+        close(zygote.children[i].pidfd);
+}
+
+static void drop_capabilities_child(int report_fd)
+{
+    int which;
+    if (jail_drop_capabilities(&which) < 0)
+        child_fail(report_fd, JAIL_STEP_DROP_CAPS, which);
+}
+
+/* Its own user namespace, holding its uid alone: written through the
+ * zygote's /proc, opened before the proc is detached from the child's view. */
+static void own_user_namespace_child(int report_fd, int proc_self, uint32_t uid, uint32_t inside)
+{
+    char map[64];
+    size_t len = id_map(map, inside, uid);
+
+    if (syscall(SYS_setgroups, 0, NULL) < 0)
+        child_fail(report_fd, JAIL_STEP_SETGROUPS, -1);
+    if (syscall(SYS_setresgid, uid, uid, uid) < 0)
+        child_fail(report_fd, JAIL_STEP_SETGID, -1);
+    if (syscall(SYS_setresuid, uid, uid, uid) < 0)
+        child_fail(report_fd, JAIL_STEP_SETUID, -1);
+    /* A uid change makes us non-dumpable, and our /proc files root's: take them back. */
+    if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+        child_fail(report_fd, JAIL_STEP_SETUID, -2);
+    if (unshare(CLONE_NEWUSER) < 0)
+        child_fail(report_fd, JAIL_STEP_UNSHARE, 1);
+    if (write_at(proc_self, "setgroups", "deny", 4) < 0)
+        child_fail(report_fd, JAIL_STEP_SETGROUPS_FILE, -1);
+    if (write_at(proc_self, "uid_map", map, len) < 0)
+        child_fail(report_fd, JAIL_STEP_UID_MAP, -1);
+    if (write_at(proc_self, "gid_map", map, len) < 0)
+        child_fail(report_fd, JAIL_STEP_GID_MAP, -1);
+    close(proc_self);
+}
+
+static void become_sandbox_child(const struct jail_zygote_request *request, const int *fds, int report_fd)
+{
+    int cgroup_fds[JAIL_ZYGOTE_MAX_FDS];
+    int n_cgroups = request->n_fds - JAIL_ZYGOTE_STDIO;
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        child_fail(report_fd, JAIL_STEP_PDEATHSIG, -1);
+    take_fds_child(report_fd, fds, request->n_fds, cgroup_fds);
+    for (int i = 0; i < n_cgroups; i++) {
+        if (write(cgroup_fds[i], "0", 1) != 1)
+            child_fail(report_fd, JAIL_STEP_CGROUP, i);
+        close(cgroup_fds[i]);
+    }
+    int proc_self = open(PROC_DIR "/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (proc_self < 0)
+        child_fail(report_fd, JAIL_STEP_UMOUNT_PROC, -1);
+
+    if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP) < 0)
+        child_fail(report_fd, JAIL_STEP_UNSHARE, 0);
+    /* The zygote's proc shows its other children: detached, or buried under
+     * the child's own (which only that fully visible proc lets us mount). */
+    if (request->mount_proc) {
+        if (mount("proc", PROC_DIR, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            child_fail(report_fd, JAIL_STEP_MOUNT_PROC, -1);
+    } else if (umount2(PROC_DIR, MNT_DETACH) < 0) {
+        child_fail(report_fd, JAIL_STEP_UMOUNT_PROC, -1);
+    }
+    if (request->scratch_options[0] &&
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, request->scratch_options) < 0)
+        child_fail(report_fd, JAIL_STEP_MOUNT_TMPFS, -1);
+    if (sethostname(request->hostname, strnlen(request->hostname, sizeof request->hostname)) < 0)
+        child_fail(report_fd, JAIL_STEP_SETHOSTNAME, -1);
+    if (setsid() < 0)
+        child_fail(report_fd, JAIL_STEP_SETSID, -1);
+    own_user_namespace_child(report_fd, proc_self, request->uid, request->inside_id);
+    for (int i = 0; i < request->n_rlimits; i++) {
+        struct rlimit limit = {.rlim_cur = request->rlimits[i].soft, .rlim_max = request->rlimits[i].hard};
+        if (setrlimit(request->rlimits[i].resource, &limit) < 0)
+            child_fail(report_fd, JAIL_STEP_RLIMIT, i);
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        child_fail(report_fd, JAIL_STEP_NO_NEW_PRIVS, -1);
+    drop_capabilities_child(report_fd);
+    if (zygote.filter.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &zygote.filter) < 0)
+        child_fail(report_fd, JAIL_STEP_SECCOMP, -1);
+    close(report_fd); /* EOF: the zygote tells the host this child is ready */
+}
+
+/* ---- the zygote ---- */
+
+static void reply(const struct jail_zygote_reply *message, int fd_to_pass)
+{
+    char control[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {.iov_base = (void *)message, .iov_len = sizeof *message};
+    struct msghdr header = {.msg_iov = &iov, .msg_iovlen = 1};
+
+    if (fd_to_pass >= 0) {
+        memset(control, 0, sizeof control);
+        header.msg_control = control;
+        header.msg_controllen = sizeof control;
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&header);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cmsg), &fd_to_pass, sizeof(int));
+    }
+    while (sendmsg(CONTROL_FD, &header, MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            _exit(0); /* the host is gone: so are we (and, by their death signal, our children) */
+}
+
+static void fail(uint64_t token, int step, int err, int index)
+{
+    struct jail_zygote_reply message = {
+        .token = token, .kind = JAIL_ZYGOTE_FAILED, .step = step, .err = err, .index = index};
+    reply(&message, -1);
+}
+
+/* One message and the fds it carries; 0 at the host's EOF. */
+static ssize_t receive(void *buf, size_t size, int *fds, int *n_fds)
+{
+    char control[CMSG_SPACE(JAIL_ZYGOTE_MAX_FDS * sizeof(int))];
+    struct iovec iov = {.iov_base = buf, .iov_len = size};
+    struct msghdr header = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                            .msg_controllen = sizeof control};
+    ssize_t n;
+
+    *n_fds = 0;
+    do {
+        n = recvmsg(CONTROL_FD, &header, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&header); n >= 0 && c; c = CMSG_NXTHDR(&header, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        memcpy(fds + *n_fds, CMSG_DATA(c), (size_t)count * sizeof(int));
+        *n_fds += count;
+    }
+    if (n >= 0 && (header.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+        n = -2;
+    return n;
+}
+
+static void close_all(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+/* Forks the child of one request. Returns 0 in the child (sandboxed). */
+static int start_child(const struct jail_zygote_request *request, const int *fds)
+{
+    int report[2];
+    struct failure failure;
+
+    if (zygote.n_children == JAIL_ZYGOTE_MAX_CHILDREN) {
+        fail(request->token, JAIL_STEP_FORK, EAGAIN, -1);
+        return 1;
+    }
+    if (pipe2(report, O_CLOEXEC) < 0) {
+        fail(request->token, JAIL_STEP_PIPE, errno, -1);
+        return 1;
+    }
+    /* The child is pid 1 of a fresh namespace: reset ours, then ask for a new one. */
+    if (setns(zygote.self_pidfd, CLONE_NEWPID) < 0 || unshare(CLONE_NEWPID) < 0) {
+        fail(request->token, JAIL_STEP_UNSHARE, errno, 2);
+        close(report[0]);
+        close(report[1]);
+        return 1;
+    }
+    /* V8 marks its heap MADV_DONTFORK; the child needs every page we have. */
+    madvise((void *)4096, (1UL << 47) - 8192, MADV_DOFORK);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(report[0]);
+        become_sandbox_child(request, fds, report[1]);
+        return 0;
+    }
+    int fork_errno = errno;
+    close(report[1]);
+    if (pid < 0) {
+        close(report[0]);
+        fail(request->token, JAIL_STEP_FORK, fork_errno, -1);
+        return 1;
+    }
+    ssize_t n;
+    do {
+        n = read(report[0], &failure, sizeof failure);
+    } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (n != 0 || pidfd < 0) {
+        if (pidfd >= 0)
+            close(pidfd);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        if (n == (ssize_t)sizeof failure)
+            fail(request->token, failure.step, failure.err, failure.index);
+        else
+            fail(request->token, JAIL_STEP_SYNC, n < 0 ? errno : EPROTO, -1);
+        return 1;
+    }
+    struct child_slot *slot = &zygote.children[zygote.n_children++];
+    slot->token = request->token;
+    slot->pid = pid;
+    slot->pidfd = pidfd;
+    struct jail_zygote_reply started = {.token = request->token, .kind = JAIL_ZYGOTE_STARTED, .pid = pid};
+    reply(&started, pidfd);
+    return 1;
+}
+
+static void report_exit(int index)
+{
+    struct child_slot slot = zygote.children[index];
+    struct rusage usage;
+    int status = 0;
+
+    if (wait4(slot.pid, &status, WNOHANG, &usage) != slot.pid)
+        return; /* not yet: the pidfd turns readable a moment before the zombie can be reaped */
+    close(slot.pidfd);
+    zygote.children[index] = zygote.children[--zygote.n_children];
+    struct jail_zygote_reply exited = {
+        .token = slot.token,
+        .kind = JAIL_ZYGOTE_EXITED,
+        .pid = slot.pid,
+        .status = status,
+        .cpu_us = (int64_t)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000 + usage.ru_utime.tv_usec +
+                  usage.ru_stime.tv_usec,
+        .maxrss_kb = usage.ru_maxrss,
+    };
+    reply(&exited, -1);
+}
+
+/* Handles one request; 0 in a new child, 1 in the zygote. */
+static int handle_request(void)
+{
+    struct jail_zygote_request request;
+    int fds[JAIL_ZYGOTE_MAX_FDS];
+    int n_fds;
+    ssize_t n = receive(&request, sizeof request, fds, &n_fds);
+
+    if (n == 0)
+        _exit(0); /* the host closed the socket: the pool is stopping */
+    if (n != (ssize_t)sizeof request || n_fds != request.n_fds || n_fds < JAIL_ZYGOTE_STDIO ||
+        request.n_rlimits < 0 || request.n_rlimits > JAIL_MAX_RLIMITS || request.uid == 0) {
+        close_all(fds, n_fds);
+        fail(n >= 8 ? request.token : 0, JAIL_STEP_PROTOCOL, EINVAL, -1);
+        return 1;
+    }
+    request.hostname[sizeof request.hostname - 1] = '\0';
+    request.scratch_options[sizeof request.scratch_options - 1] = '\0';
+    int in_child = start_child(&request, fds) == 0;
+    if (!in_child)
+        close_all(fds, n_fds);
+    return in_child ? 0 : 1;
+}
+
+int jail_zygote_serve(void)
+{
+    struct pollfd polls[1 + JAIL_ZYGOTE_MAX_CHILDREN];
+    int fds[JAIL_ZYGOTE_MAX_FDS], n_fds;
+
+    /* First message: the children's seccomp program. */
+    ssize_t n = receive(zygote.bpf, sizeof zygote.bpf, fds, &n_fds);
+    close_all(fds, n_fds);
+    if (n <= 0 || n % sizeof(struct sock_filter) != 0)
+        _exit(n == 0 ? 0 : JAIL_EXIT_SETUP_FAILED);
+    zygote.filter.len = (unsigned short)(n / sizeof(struct sock_filter));
+    zygote.filter.filter = (struct sock_filter *)zygote.bpf;
+    zygote.self_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (zygote.self_pidfd < 0)
+        _exit(JAIL_EXIT_SETUP_FAILED);
+
+    for (;;) {
+        polls[0].fd = CONTROL_FD;
+        polls[0].events = POLLIN;
+        for (int i = 0; i < zygote.n_children; i++) {
+            polls[1 + i].fd = zygote.children[i].pidfd;
+            polls[1 + i].events = POLLIN;
+        }
+        int count = 1 + zygote.n_children;
+        if (poll(polls, (nfds_t)count, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(JAIL_EXIT_SETUP_FAILED);
+        }
+        /* Exits first (from the end: report_exit moves the last slot into the freed one). */
+        for (int i = count - 1; i >= 1; i--)
+            if (polls[i].revents)
+                report_exit(i - 1);
+        if (polls[0].revents & (POLLIN | POLLHUP | POLLERR))
+            if (handle_request() == 0)
+                return 0;
+    }
+}
+
+/* ---- Node: the same as an addon (process.dlopen), where node's headers are ---- */
+
+#if defined(__has_include)
+#if __has_include(<node_api.h>)
+#include <node_api.h>
+#include <uv.h>
+
+/* Weak: the library is also loaded by Python, where these are absent. */
+#pragma weak napi_create_function
+#pragma weak napi_set_named_property
+#pragma weak napi_get_uv_event_loop
+#pragma weak napi_get_undefined
+#pragma weak napi_get_cb_info
+#pragma weak napi_get_value_int32
+#pragma weak uv_loop_fork
+
+static napi_value serve_js(napi_env env, napi_callback_info info)
+{
+    uv_loop_t *loop;
+    napi_value undefined;
+
+    jail_zygote_serve();
+    /* In the child: the event loop's epoll set was the zygote's; make our own. */
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_loop_fork(loop) != 0)
+        _exit(JAIL_EXIT_SETUP_FAILED);
+    napi_get_undefined(env, &undefined);
+    return undefined;
+}
+
+/* exit(code): a child must leave with _exit. Node's own exit tears down the
+ * platform, joining helper threads that a fork did not copy (it crashes). */
+static napi_value exit_js(napi_env env, napi_callback_info info)
+{
+    size_t argc = 1;
+    napi_value code_value;
+    int32_t code = 1;
+
+    if (napi_get_cb_info(env, info, &argc, &code_value, NULL, NULL) == napi_ok && argc == 1)
+        napi_get_value_int32(env, code_value, &code);
+    _exit(code);
+}
+
+NAPI_MODULE_INIT()
+{
+    napi_value serve, exit_function;
+    if (napi_create_function(env, "serve", NAPI_AUTO_LENGTH, serve_js, NULL, &serve) != napi_ok ||
+        napi_set_named_property(env, exports, "serve", serve) != napi_ok ||
+        napi_create_function(env, "exit", NAPI_AUTO_LENGTH, exit_js, NULL, &exit_function) != napi_ok ||
+        napi_set_named_property(env, exports, "exit", exit_function) != napi_ok)
+        return NULL;
+    return exports;
+}
+#endif
+#endif
