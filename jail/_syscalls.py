@@ -110,11 +110,12 @@ KILL = (
 
 # The zygote (native/zygote.c) makes each child's namespaces, ids and limits
 # before the child installs the profile's own filter on top of this one: these
-# calls are the zygote's alone, never a snippet's. It may also open /proc files
-# for writing (the id maps) and use any prctl.
+# calls are the zygote's alone, never a snippet's (rmdir: it removes its /proc
+# mount point). It may also open /proc files for writing (the id maps) and use
+# any prctl.
 ZYGOTE = (
     "unshare", "setns", "mount", "umount2", "pidfd_open", "setresuid", "setresgid", "setgroups",
-    "capset", "seccomp", "sethostname",
+    "capset", "seccomp", "sethostname", "rmdir",
 )
 
 PROFILE_EXTRAS = {"base": (), "python": PYTHON, "javascript": JAVASCRIPT}

@@ -169,7 +169,7 @@ class Zygote:
             held = _Held(self.spec)
             stdio = (self._zygote_end.fileno(), log_write, log_write, log_write)
             self.sandbox = _backends.get("native").spawn_zygote(self.spec, stdio, held)
-            self._socket.send(self.child_spec.seccomp)
+            self._socket.send(self._setup())
         except BaseException as exc:  # reported to the caller of Zygote()
             self._start_error = exc if isinstance(exc, SandboxError) else SandboxError(f"start a zygote: {exc}")
         finally:
@@ -293,8 +293,13 @@ class Zygote:
             request.rlimits[i].resource, request.rlimits[i].soft, request.rlimits[i].hard = which, soft, hard
         request.hostname = self.child_spec.hostname.encode()[:63]
         request.scratch_options = (self.scratch_options or "").encode()[:63]
-        request.mount_proc = int(any(m.kind == "proc" for m in self.child_spec.mounts))
         return bytes(ffi.buffer(request))
+
+    def _setup(self) -> bytes:
+        ffi, _ = _native()
+        setup = ffi.new("struct jail_zygote_setup *")
+        setup.mount_proc = int(any(m.kind == "proc" for m in self.child_spec.mounts))
+        return bytes(ffi.buffer(setup)) + self.child_spec.seccomp
 
     def _why_no_child(self, child) -> str:
         from jail._backends.native import describe_failure

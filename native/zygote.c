@@ -57,9 +57,11 @@ struct child_slot {
 };
 
 struct zygote {
+    struct jail_zygote_setup setup;
     struct sock_fprog filter;
-    unsigned char bpf[BPF_MAX_BYTES];
+    unsigned char message[sizeof(struct jail_zygote_setup) + BPF_MAX_BYTES];
     int self_pidfd;
+    int proc_fd; /* the zygote's proc: detached from its tree unless children mount their own */
     struct child_slot children[JAIL_ZYGOTE_MAX_CHILDREN];
     int n_children;
 };
@@ -188,20 +190,17 @@ static void become_sandbox_child(const struct jail_zygote_request *request, cons
             child_fail(report_fd, JAIL_STEP_CGROUP, i);
         close(cgroup_fds[i]);
     }
-    int proc_self = open(PROC_DIR "/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    /* Our own /proc/PID, for the id maps; then nothing of the zygote's proc stays. */
+    int proc_self = openat(zygote.proc_fd, "self", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (proc_self < 0)
         child_fail(report_fd, JAIL_STEP_UMOUNT_PROC, -1);
+    close(zygote.proc_fd);
 
     if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP) < 0)
         child_fail(report_fd, JAIL_STEP_UNSHARE, 0);
-    /* The zygote's proc shows its other children: detached, or buried under
-     * the child's own (which only that fully visible proc lets us mount). */
-    if (request->mount_proc) {
-        if (mount("proc", PROC_DIR, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-            child_fail(report_fd, JAIL_STEP_MOUNT_PROC, -1);
-    } else if (umount2(PROC_DIR, MNT_DETACH) < 0) {
-        child_fail(report_fd, JAIL_STEP_UMOUNT_PROC, -1);
-    }
+    /* Over the zygote's, which only that fully visible proc lets us mount. */
+    if (zygote.setup.mount_proc && mount("proc", PROC_DIR, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        child_fail(report_fd, JAIL_STEP_MOUNT_PROC, -1);
     if (request->scratch_options[0] &&
         mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, request->scratch_options) < 0)
         child_fail(report_fd, JAIL_STEP_MOUNT_TMPFS, -1);
@@ -392,20 +391,43 @@ static int handle_request(void)
     return in_child ? 0 : 1;
 }
 
+/* The launcher mounted a proc for us at /proc: children write their id maps
+ * through it. Unless they mount a proc of their own (which needs this one
+ * visible), it leaves the tree, mount point and all: a child's / lists
+ * exactly what a cold sandbox's does. */
+static int hide_proc(void)
+{
+    zygote.proc_fd = open(PROC_DIR, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (zygote.proc_fd < 0)
+        return -1;
+    if (zygote.setup.mount_proc)
+        return 0;
+    if (umount2(PROC_DIR, MNT_DETACH) < 0 || mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND, NULL) < 0)
+        return -1;
+    int removed = rmdir(PROC_DIR);
+    int saved = errno;
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
+        return -1;
+    errno = saved;
+    return removed;
+}
+
 int jail_zygote_serve(void)
 {
     struct pollfd polls[1 + JAIL_ZYGOTE_MAX_CHILDREN];
     int fds[JAIL_ZYGOTE_MAX_FDS], n_fds;
 
-    /* First message: the children's seccomp program. */
-    ssize_t n = receive(zygote.bpf, sizeof zygote.bpf, fds, &n_fds);
+    /* First message: the set-up, and the children's seccomp program. */
+    ssize_t n = receive(zygote.message, sizeof zygote.message, fds, &n_fds);
     close_all(fds, n_fds);
+    n -= (ssize_t)sizeof zygote.setup;
     if (n <= 0 || n % sizeof(struct sock_filter) != 0)
-        _exit(n == 0 ? 0 : JAIL_EXIT_SETUP_FAILED);
+        _exit(n == -(ssize_t)sizeof zygote.setup ? 0 : JAIL_EXIT_SETUP_FAILED);
+    memcpy(&zygote.setup, zygote.message, sizeof zygote.setup);
     zygote.filter.len = (unsigned short)(n / sizeof(struct sock_filter));
-    zygote.filter.filter = (struct sock_filter *)zygote.bpf;
+    zygote.filter.filter = (struct sock_filter *)(zygote.message + sizeof zygote.setup);
     zygote.self_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
-    if (zygote.self_pidfd < 0)
+    if (zygote.self_pidfd < 0 || hide_proc() < 0)
         _exit(JAIL_EXIT_SETUP_FAILED);
 
     for (;;) {

@@ -4,8 +4,9 @@
  * Like launcher.h, this file is also cffi's cdef (jail._native packs and reads
  * these structs), so it holds plain declarations only.
  *
- *   host -> zygote: first the children's seccomp program (struct sock_filter[]
- *                   as bytes, one message), then one jail_zygote_request per
+ *   host -> zygote: first a jail_zygote_setup followed by the children's
+ *                   seccomp program (struct sock_filter[] as bytes), in one
+ *                   message; then one jail_zygote_request per
  *                   child, carrying its fds: stdin, stdout, stderr, result
  *                   channel, then the cgroup files it joins (opened by the host).
  *   zygote -> host: per request STARTED (with a pidfd of the child) or FAILED;
@@ -27,7 +28,10 @@ struct jail_zygote_request {
     struct jail_rlimit rlimits[16];
     char hostname[64];
     char scratch_options[64];     /* a fresh tmpfs at /tmp with these options; "" for none */
-    int32_t mount_proc;           /* 1: a proc of the child's own pid namespace at /proc */
+};
+
+struct jail_zygote_setup {
+    int32_t mount_proc;           /* 1: each child mounts a proc of its own pid namespace at /proc */
     int32_t reserved;
 };
 

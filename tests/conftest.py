@@ -19,12 +19,18 @@ def pytest_report_header(config):
     return [f"jail: running as {who}; cgroups: {_cgroup.detect().mode} ({_cgroup.detect().reason})"]
 
 
-@pytest.fixture(params=["native", "bwrap", "nsjail"])
+@pytest.fixture(params=["native", "zygote", "bwrap", "nsjail"])
 def backend(request):
-    """Each backend in turn; one that is not installed here is skipped, saying why."""
-    from jail import _backends
+    """Each backend in turn, and native's zygote children (tests/zygote_probe.py);
+    one that cannot run here is skipped, saying why."""
+    from jail import _backends, _zygote
     from jail._errors import SandboxError
 
+    if request.param == "zygote":
+        reason = _zygote.unavailable_reason(DEFAULT_POLICY)
+        if reason:
+            pytest.skip(f"not available on this machine: {reason}")
+        return request.param
     try:
         _backends.get(request.param)
     except SandboxError as exc:
@@ -71,6 +77,10 @@ def sandbox_python(backend):
     `python -c code` in a fresh sandbox of each backend."""
 
     def run(code, *, policy=DEFAULT_POLICY, limits=None, stdin=b""):
+        if backend == "zygote":
+            import zygote_probe
+
+            return zygote_probe.run_python(code, policy, limits)
         policy = dataclasses.replace(policy, backend=backend)
         return _process.run_sync(_process.run_program(_runtime.python(), ("-c", code), policy=policy,
                                                       limits=limits, stdin=stdin))

@@ -1,6 +1,7 @@
 """What tests look at on the host, outside any sandbox."""
 
 import os
+import sys
 
 from jail import DEFAULT_POLICY
 
@@ -9,11 +10,14 @@ def sandbox_processes(marker=b"/opt/harness/", uid_range=True):
     """Host pids that belong to sandboxes: a uid of the sandbox range (a root
     server; unless uid_range is False), or a command line carrying marker.
     The sandboxes of this process's warm pool (idle, or being started: a uid
-    of the pool policy's own range) are not leftovers."""
+    of the pool policy's own range) and the zygotes of tests/zygote_probe.py
+    are not leftovers."""
     from jail import _pool
 
     first, count = DEFAULT_POLICY.uid_range
     idle = set(_pool.POOL.idle_pids())
+    if "zygote_probe" in sys.modules:
+        idle.update(sys.modules["zygote_probe"].zygote_pids())
     pool_policy, pool_uids = _pool.POOL._policy, ()
     if pool_policy is not None and pool_policy.uid_range != (first, count):
         pool_uids = range(pool_policy.uid_range[0], sum(pool_policy.uid_range))

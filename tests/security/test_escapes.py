@@ -250,9 +250,18 @@ class _Sleeper:
 
         _Sleeper.count += 1
         self.marker = f"jail-sleeper-{os.getpid()}-{_Sleeper.count}"
+        code = "import os, time; print(os.getuid(), flush=True); time.sleep(10)"
+        self.started = None
+        if backend == "zygote":  # a zygote child, its request written
+            import zygote_probe
+
+            self.started, request = zygote_probe.fork_python(code, DEFAULT_POLICY, None)
+            os.write(self.started.host_fds[0], request)
+            self.started.close_fd(self.started.host_fds[0])
+            self.inside_uid = int(os.read(self.started.host_fds[1], 100))
+            return
         spec = _sandbox.build_spec(_runtime.python(), DEFAULT_POLICY, DEFAULT_POLICY.limits,
-                                   ("-c", "import os, time; print(os.getuid(), flush=True); time.sleep(10)",
-                                    self.marker))
+                                   ("-c", code, self.marker))
         self.read_fd, write_fd = os.pipe()
         self.sandbox = _backends.get(backend).spawn(spec, (-1, write_fd, -1, -1))
         os.close(write_fd)
@@ -261,12 +270,18 @@ class _Sleeper:
     def host_uid(self):
         """The host uid of the interpreter itself (under bwrap or nsjail, not
         their own process)."""
-        [pid] = [pid for pid in sandbox_processes(self.marker.encode(), uid_range=False)
-                 if _cmdline(pid).startswith(b"/opt/python/bin/python3\0")]
+        if self.started is not None:
+            pid = self.started.sandbox.pid
+        else:
+            [pid] = [pid for pid in sandbox_processes(self.marker.encode(), uid_range=False)
+                     if _cmdline(pid).startswith(b"/opt/python/bin/python3\0")]
         with open(f"/proc/{pid}/status") as f:
             return int(next(line for line in f if line.startswith("Uid:")).split()[1])
 
     def stop(self):
+        if self.started is not None:
+            self.started.end()
+            return
         self.sandbox.kill()
         os.waitpid(self.sandbox.pid, 0)
         os.close(self.sandbox.pidfd)
