@@ -140,7 +140,8 @@ class WarmPool:
                     _discard_later(candidate)
             self.stats.hits[language] += running is not None
             self.stats.misses[language] += running is None and bool(self._sizes.get(language))
-            self._wake.notify_all()
+            if running is None:
+                self._wake.notify_all()  # else the caller's done() does, not to compete with its run
         if running is not None and policy.backend == "native":
             # The interpreter itself is the sandbox's pid (native): its cpu budget starts now.
             cpu = resource.prlimit(running.sandbox.pid, resource.RLIMIT_CPU)
@@ -148,6 +149,11 @@ class WarmPool:
             if cpu != wanted:
                 resource.prlimit(running.sandbox.pid, resource.RLIMIT_CPU, wanted)
         return running
+
+    def done(self) -> None:
+        """A run that took a warm sandbox has its answer: time to replace it."""
+        with self._lock:
+            self._wake.notify_all()
 
     def _refill(self) -> None:
         while True:

@@ -204,9 +204,13 @@ async def run_prepared(prepared: Prepared, on_output=None) -> Result:
     """Runs a prepared request in a fresh sandbox: a warm one if the pool has
     one made as this request's would be, else a new one. ``on_output(stream,
     data)`` sees stdout/stderr bytes as they arrive."""
-    warm = _pool.default_pool().take(prepared.language, prepared.policy, prepared.limits)
+    pool = _pool.default_pool()
+    warm = pool.take(prepared.language, prepared.policy, prepared.limits)
     if warm is not None:
-        outcome = await _process.communicate(warm, prepared.limits, prepared.request, on_output, warm=True)
+        try:
+            outcome = await _process.communicate(warm, prepared.limits, prepared.request, on_output, warm=True)
+        finally:
+            pool.done()
     else:
         spec = _sandbox.harness_spec(prepared.language, prepared.policy, prepared.limits)
         outcome = await _process.execute(_backends.get(prepared.policy.backend), spec, prepared.request, on_output)
