@@ -450,6 +450,11 @@ function sendError(error) {
 function send(text) {
   if (sent) return;
   sent = true;
+  for (const fd of [1, 2]) {  // the host answers once stdout, stderr and the channel are all closed
+    try {
+      closeSync(fd);
+    } catch (e) {}
+  }
   try {
     const bytes = EncodeUtf8(utf8Encoder, text);
     const size = TypedArrayLength(bytes);
@@ -498,6 +503,7 @@ const ZYGOTE_LIBRARY = '/opt/zygote/zygote.so';
 // Warm up, then serve as the fork server of native/zygote.c (loaded as an addon): serve()
 // returns only in a new child, already a sandbox of its own, which then runs as a fresh
 // process would.
+// The addon also gives what Node lacks: a private result channel, as Python's harness has.
 function becomeZygoteChild() {
   warmUp();
   const addon = { exports: {} };
@@ -506,6 +512,9 @@ function becomeZygoteChild() {
   reallyExit = addon.exports.exit;  // Node's own exit would join helper threads the fork did not copy
   process.argv.splice(2);
   reseedMathRandom();
+  const fd = addon.exports.takeChannel();
+  if (fd < 0) reallyExit(NO_MESSAGE_EXIT);
+  return fd;
 }
 
 // A fork copies V8's random state, so every child would draw the zygote's numbers: the
@@ -528,8 +537,7 @@ function reseedMathRandom() {
 
 async function run() {
   const zygote = process.argv[2] === '--zygote';
-  if (zygote) becomeZygoteChild();
-  channel = takeResultChannel();
+  channel = zygote ? becomeZygoteChild() : takeResultChannel();
   if (!zygote) warmUp();
   let code;
   let codeLines;

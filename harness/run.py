@@ -374,6 +374,11 @@ def write_and_exit(fd, text):
             stream.flush()
         except BaseException:
             pass
+    for fd_out in (1, 2):  # the host answers once stdout, stderr and the channel are all closed
+        try:
+            _close(fd_out)
+        except BaseException:
+            pass
     data = memoryview(str.encode(text, "utf-8"))
     try:
         while data:

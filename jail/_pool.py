@@ -104,8 +104,12 @@ class WarmPool:
             self._zygotes.clear()
         for started in idle:
             started.discard()
+        _process.settle()
         for zygote in zygotes:
             zygote.stop()  # each ends once its last child (a run in flight) is gone
+        for zygote in zygotes:
+            if not zygote.idle_child_count():
+                zygote.join(_zygote.EXIT_TIMEOUT)
 
     def size(self, language) -> int:
         return self._sizes.get(language, 0)
@@ -140,7 +144,7 @@ class WarmPool:
                     _discard_later(candidate)
             self.stats.hits[language] += running is not None
             self.stats.misses[language] += running is None and bool(self._sizes.get(language))
-            if running is None:
+            if running is None or not queue:
                 self._wake.notify_all()  # else the caller's done() does, not to compete with its run
         if running is not None and policy.backend == "native":
             # The interpreter itself is the sandbox's pid (native): its cpu budget starts now.
@@ -195,7 +199,8 @@ class WarmPool:
                     if self._zygotes.get(language) is zygote:
                         del self._zygotes[language]
                 zygote.stop()
-        return _process.start(_backends.get(policy.backend), _sandbox.harness_spec(language, policy, limits))
+        spec = _sandbox.harness_spec(language, policy, limits)
+        return _process.start(_backends.get(policy.backend), spec, harness=True)
 
     def _zygote(self, language, policy, limits):
         with self._lock:

@@ -7,6 +7,7 @@ cgroup outlives the run.
 """
 
 import asyncio
+import atexit
 import dataclasses
 import os
 import signal
@@ -26,7 +27,7 @@ class Stats:
     wall_ms: float
     cpu_ms: float
     peak_memory: int  # bytes (cgroup peak where there is one, else max RSS)
-    exit_code: int  # None when killed by a signal
+    exit_code: int  # None when killed by a signal, or answered at its result (not waited for)
     signal: int  # None when it exited
     cgroup: str  # "v1", "v2" or "none"
     warm: bool = False  # taken from the warm pool: started before the request came
@@ -42,6 +43,9 @@ class Outcome:
     output_exceeded: bool = False  # stdout + stderr over limits.output_bytes
     result_exceeded: bool = False  # fd 3 over limits.result_bytes
     oom_killed: bool = False
+    # The harness sent its message and closed stdout, stderr and the channel:
+    # the run was answered then, and its exit was not waited for.
+    answered_at_result: bool = False
 
     @property
     def seccomp_killed(self) -> bool:
@@ -61,6 +65,11 @@ class Started:
     backend: object
     sandbox: object
     host_fds: list
+    # The harness moves its result channel off fd 3 where the snippet cannot
+    # name it (Python; Node in a zygote child): such a run may be answered at
+    # its result. Node's cold harness keeps fd 3 (no dup in Node), so its runs
+    # are answered at their exit, which must be 0 (docs/api.md).
+    private_channel: bool = False
 
     def close_fd(self, fd) -> None:
         """Closes one of host_fds now (end() closes the rest)."""
@@ -83,8 +92,9 @@ class Started:
         self.end()
 
 
-def start(backend, spec) -> Started:
-    """Spawns spec on backend (blocking until it has exec'd, a few ms)."""
+def start(backend, spec, harness=False) -> Started:
+    """Spawns spec on backend (blocking until it has exec'd, a few ms);
+    ``harness``: spec runs a language's harness (jail._sandbox.harness_spec)."""
     host_fds, child_fds = [], []
     try:
         for direction in ("in", "out", "out", "out"):
@@ -100,14 +110,14 @@ def start(backend, spec) -> Started:
     finally:
         for fd in child_fds:
             os.close(fd)
-    return Started(backend, sandbox, host_fds)
+    return Started(backend, sandbox, host_fds, private_channel=harness and spec.runtime.name == "python")
 
 
-async def execute(backend, spec, stdin: bytes = b"", on_output=None) -> Outcome:
+async def execute(backend, spec, stdin: bytes = b"", on_output=None, harness=False) -> Outcome:
     """Runs spec on backend in a fresh sandbox. ``on_output(stream, data)``
     (if given) sees stdout/stderr chunks as they arrive."""
     started = time.monotonic()
-    return await communicate(start(backend, spec), spec.limits, stdin, on_output, started)
+    return await communicate(start(backend, spec, harness), spec.limits, stdin, on_output, started)
 
 
 async def communicate(running: Started, limits, stdin: bytes = b"", on_output=None, started=None,
@@ -123,9 +133,19 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
     names = dict(zip(out_fds, ("stdout", "stderr", "result")))
     open_fds = set(out_fds)
     flags = {"timed_out": False, "output_exceeded": False, "result_exceeded": False}
-    exited = loop.create_future()
+    # Over once pid 1 has exited (then the pipes drain), or, where pid 1 is the
+    # interpreter itself, as soon as it has sent its message and closed all its
+    # output: its exit (a millisecond of address-space teardown) happens off
+    # the caller's path (end_later).
+    over = loop.create_future()
     drained = loop.create_future()
+    at_result = sandbox.answers_at_result and running.private_channel
+    result_fd = out_fds[2]
     pending_stdin = memoryview(stdin)
+
+    def finish(how):
+        if not over.done():
+            over.set_result(how)
 
     def over_limit(flag):
         flags[flag] = True
@@ -141,6 +161,8 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
             open_fds.discard(fd)
             if not open_fds and not drained.done():
                 drained.set_result(None)
+                if at_result and buffers[result_fd] and not any(flags.values()):
+                    finish("result")
             return
         if flags["output_exceeded"] or flags["result_exceeded"]:
             return  # being killed: what still comes is dropped
@@ -183,14 +205,15 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         loop.add_writer(stdin_fd, on_writable)
     else:
         close_stdin()
-    loop.add_reader(sandbox.pidfd, lambda: exited.done() or exited.set_result(None))
+    loop.add_reader(sandbox.pidfd, finish, "exited")
     timer = loop.call_later(limits.timeout_ms / 1000, over_limit, "timed_out")
 
-    status = usage = None
+    how = None
     try:
-        await exited
-        # pid 1 is gone, so is everything in its namespace: the pipes are at EOF.
-        await asyncio.wait_for(drained, timeout=2)
+        how = await over
+        if how == "exited":
+            # pid 1 is gone, so is everything in its namespace: the pipes are at EOF.
+            await asyncio.wait_for(drained, timeout=2)
     except asyncio.TimeoutError:
         raise SandboxError("the sandbox's output pipes stayed open after it exited")
     finally:
@@ -200,8 +223,19 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
             loop.remove_reader(fd)
         if stdin_fd >= 0:
             loop.remove_writer(stdin_fd)
-        status, usage, finished = running.end()
+        if how == "result":
+            cpu_seconds, peak_memory, cgroup = sandbox.usage_now()
+            end_later(running)
+        else:
+            status, usage, finished = running.end()
 
+    wall_ms = (time.monotonic() - started) * 1000
+    if how == "result":
+        stats = Stats(backend=getattr(backend, "name", "?"), wall_ms=round(wall_ms, 3),
+                      cpu_ms=round(cpu_seconds * 1000, 3), peak_memory=peak_memory, exit_code=None,
+                      signal=None, cgroup=cgroup, warm=warm)
+        return Outcome(stdout=bytes(buffers[out_fds[0]]), stderr=bytes(buffers[out_fds[1]]),
+                       result=bytes(buffers[result_fd]), stats=stats, answered_at_result=True)
     wall_ms = (time.monotonic() - started) * 1000
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     killed_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
@@ -232,6 +266,49 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         oom_killed=finished.oom_killed,
         **flags,
     )
+
+
+class _Reaper:
+    """Ends sandboxes that answered at their result (kill, reap, release
+    their uid and cgroup) on one thread of its own, in order."""
+
+    def __init__(self):
+        self._lock = threading.Condition()
+        self._queue = []
+        self._thread = None
+
+    def end_later(self, running: Started) -> None:
+        with self._lock:
+            self._queue.append(running)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="jail-reaper", daemon=True)
+                self._thread.start()
+            self._lock.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._lock.wait()
+                running = self._queue[0]
+            try:
+                running.end()
+            except Exception:  # pragma: no cover - end() only fails on a broken host
+                pass
+            with self._lock:
+                self._queue.pop(0)
+                self._lock.notify_all()
+
+    def settle(self, timeout=10) -> bool:
+        """Waits until every sandbox handed over has been ended."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._queue, timeout)
+
+
+_reaper = _Reaper()
+end_later = _reaper.end_later
+settle = _reaper.settle
+atexit.register(settle)
 
 
 class _ThreadLoop:

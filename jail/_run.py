@@ -169,7 +169,8 @@ def _message(outcome):
         message = json.loads(outcome.result)
     except ValueError:
         message = None
-    if not (isinstance(message, dict) and isinstance(message.get("ok"), bool) and stats.exit_code == 0
+    exited_cleanly = stats.exit_code == 0 or outcome.answered_at_result
+    if not (isinstance(message, dict) and isinstance(message.get("ok"), bool) and exited_cleanly
             and (("value" in message) if message["ok"] else isinstance(message.get("error"), dict))):
         raise ExecutionError("ResultError: the result channel was tampered with", name="ResultError")
     return message
@@ -213,7 +214,8 @@ async def run_prepared(prepared: Prepared, on_output=None) -> Result:
             pool.done()
     else:
         spec = _sandbox.harness_spec(prepared.language, prepared.policy, prepared.limits)
-        outcome = await _process.execute(_backends.get(prepared.policy.backend), spec, prepared.request, on_output)
+        outcome = await _process.execute(_backends.get(prepared.policy.backend), spec, prepared.request, on_output,
+                                         harness=True)
     return _interpret(outcome, prepared.limits)
 
 

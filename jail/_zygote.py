@@ -85,6 +85,8 @@ class ZygoteChild(Sandbox):
     """One forked warm sandbox. The host is not its parent: the zygote reaps it
     and reports its wait status and cpu time."""
 
+    answers_at_result = True  # pid is the interpreter
+
     def __init__(self, zygote, token, uid, cgroup):
         self.zygote, self.token, self.uid, self.cgroup = zygote, token, uid, cgroup
         self.pid = self.pidfd = None
@@ -281,7 +283,7 @@ class Zygote:
         finally:
             for fd in child_fds + join_fds:
                 os.close(fd)
-        return _process.Started(_backends.get("native"), child, host_fds)
+        return _process.Started(_backends.get("native"), child, host_fds, private_channel=True)
 
     def _request(self, token, uid, n_fds) -> bytes:
         ffi, _ = _native()

@@ -467,6 +467,7 @@ int jail_zygote_serve(void)
 #pragma weak napi_get_undefined
 #pragma weak napi_get_cb_info
 #pragma weak napi_get_value_int32
+#pragma weak napi_create_int32
 #pragma weak uv_loop_fork
 
 static napi_value serve_js(napi_env env, napi_callback_info info)
@@ -495,13 +496,30 @@ static napi_value exit_js(napi_env env, napi_callback_info info)
     _exit(code);
 }
 
+/* takeChannel(): the result channel moved from fd 3 to a private close-on-exec
+ * fd (what Python's harness does with fcntl, which Node lacks); -1 if it fails. */
+static napi_value take_channel_js(napi_env env, napi_callback_info info)
+{
+    napi_value result;
+    int fd = fcntl(3, F_DUPFD_CLOEXEC, 10);
+
+    if (fd >= 0 && close(3) < 0) {
+        close(fd);
+        fd = -1;
+    }
+    napi_create_int32(env, fd, &result);
+    return result;
+}
+
 NAPI_MODULE_INIT()
 {
-    napi_value serve, exit_function;
+    napi_value serve, exit_function, take_channel;
     if (napi_create_function(env, "serve", NAPI_AUTO_LENGTH, serve_js, NULL, &serve) != napi_ok ||
         napi_set_named_property(env, exports, "serve", serve) != napi_ok ||
         napi_create_function(env, "exit", NAPI_AUTO_LENGTH, exit_js, NULL, &exit_function) != napi_ok ||
-        napi_set_named_property(env, exports, "exit", exit_function) != napi_ok)
+        napi_set_named_property(env, exports, "exit", exit_function) != napi_ok ||
+        napi_create_function(env, "takeChannel", NAPI_AUTO_LENGTH, take_channel_js, NULL, &take_channel) != napi_ok ||
+        napi_set_named_property(env, exports, "takeChannel", take_channel) != napi_ok)
         return NULL;
     return exports;
 }

@@ -19,23 +19,28 @@ def pytest_report_header(config):
     return [f"jail: running as {who}; cgroups: {_cgroup.detect().mode} ({_cgroup.detect().reason})"]
 
 
-@pytest.fixture(params=["native", "zygote", "bwrap", "nsjail"])
+@pytest.fixture(params=["native", "bwrap", "nsjail"])
 def backend(request):
-    """Each backend in turn, and native's zygote children (tests/zygote_probe.py);
-    one that cannot run here is skipped, saying why."""
+    """Each backend in turn; one that is not installed here is skipped, saying why."""
+    return available_backend(request.param)
+
+
+def available_backend(name):
+    """name, or a skip saying why it cannot run here. "zygote" is native's
+    zygote children (tests/zygote_probe.py), for the security suite."""
     from jail import _backends, _zygote
     from jail._errors import SandboxError
 
-    if request.param == "zygote":
+    if name == "zygote":
         reason = _zygote.unavailable_reason(DEFAULT_POLICY)
         if reason:
             pytest.skip(f"not available on this machine: {reason}")
-        return request.param
+        return name
     try:
-        _backends.get(request.param)
+        _backends.get(name)
     except SandboxError as exc:
         pytest.skip(f"not available on this machine: {exc}")
-    return request.param
+    return name
 
 
 # The warm column's policy differs from the default (its own uid range), so the

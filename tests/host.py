@@ -12,8 +12,9 @@ def sandbox_processes(marker=b"/opt/harness/", uid_range=True):
     The sandboxes of this process's warm pool (idle, or being started: a uid
     of the pool policy's own range) and the zygotes of tests/zygote_probe.py
     are not leftovers."""
-    from jail import _pool
+    from jail import _pool, _process
 
+    _process.settle()  # runs answered at their result are ended in the background
     first, count = DEFAULT_POLICY.uid_range
     idle = set(_pool.POOL.idle_pids())
     if "zygote_probe" in sys.modules:

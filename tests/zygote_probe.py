@@ -34,7 +34,7 @@ _zygotes = {}
 
 
 def zygote(language, policy, limits):
-    """One zygote per (language, policy, limits), kept for the session."""
+    """One zygote per (language, policy, limits), until stop_all()."""
     key = (language, policy, limits)
     if key not in _zygotes or not _zygotes[key].alive():
         _zygotes[key] = _zygote.Zygote(language, policy, limits)
@@ -59,6 +59,10 @@ def run_python(code, policy, limits):
 
 
 @atexit.register
-def _stop():
-    for each in _zygotes.values():
+def stop_all():
+    """Ends every zygote made here, and waits for it."""
+    _process.settle()
+    while _zygotes:
+        _, each = _zygotes.popitem()
         each.stop()
+        each.join(_zygote.EXIT_TIMEOUT)

@@ -103,6 +103,27 @@ class Sandbox:
     def kill(self) -> None:
         raise NotImplementedError
 
+    # True where pid is the interpreter itself (not a backend's own process):
+    # a run may then be answered at its result (jail._process.communicate).
+    answers_at_result = False
+
+    def usage_now(self):
+        """(cpu seconds so far, peak memory bytes or None, cgroup mode) of a
+        sandbox that has not been reaped yet: its process's, its cgroup's."""
+        try:
+            with open(f"/proc/{self.pid}/schedstat") as f:
+                cpu = int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            cpu = 0.0
+        peak = self.cgroup.peak_memory()
+        if peak is None:  # no cgroup here: the interpreter's own high-water mark
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    peak = int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) * 1024
+            except (OSError, StopIteration, ValueError):
+                peak = None
+        return cpu, peak, self.cgroup.mode
+
     def wait(self):
         """Reaps it once it is gone: (wait status, rusage). Closes the pidfd."""
         while True:

@@ -67,6 +67,8 @@ STEP_LABELS = {
     "UID_MAP": "write uid_map",
     "GID_MAP": "write gid_map",
     "SYNC": "wait for the parent",
+    "PROTOCOL": "read the zygote's request",
+    "UMOUNT_PROC": "take the zygote's proc away",
 }
 # Known causes, as hints (bubblewrap does the same for clone).
 HINTS = {
@@ -169,8 +171,11 @@ def _config(spec, stdio, uid_map, gid_map, deny_setgroups, cgroup, keep, zygote=
 
 
 class NativeSandbox(Sandbox):
+    answers_at_result = True  # pid is the interpreter
+
     def __init__(self, pid, pidfd, held):
         self.pid, self.pidfd, self._held = pid, pidfd, held
+        self.cgroup = held.cgroup
 
     def kill(self) -> None:
         # pid 1 of the sandbox's pid namespace: its death takes every process inside with it.

@@ -28,6 +28,20 @@ def try_(body):
     return f"try:\n{indented}\n    print('ESCAPED')\nexcept BaseException as exc:\n    print('blocked', repr(exc))\n"
 
 
+
+@pytest.fixture(params=["native", "zygote", "bwrap", "nsjail"])
+def backend(request):
+    """Each backend, and native's zygote children: every probe runs in each
+    (the test's zygotes end with it)."""
+    from conftest import available_backend
+
+    yield available_backend(request.param)
+    if request.param == "zygote":
+        import zygote_probe
+
+        zygote_probe.stop_all()
+
+
 @pytest.fixture
 def secret_file():
     """A host file the test user can read: the sandbox must not."""
