@@ -7,6 +7,7 @@ import functools
 import os
 
 import jail
+from jail import _pool as jail_pool
 
 MiB = 1024 * 1024
 
@@ -26,8 +27,8 @@ class Settings:
     max_output_bytes: int = jail.DEFAULT_POLICY.max_limits.output_bytes
     backend: str = "native"  # or "bwrap", "nsjail"
     # Warm sandboxes kept ready per language (0: off, every request starts its own).
-    pool_python: int = 0
-    pool_javascript: int = 0
+    pool_python: int = jail_pool.DEFAULT_SIZE
+    pool_javascript: int = jail_pool.DEFAULT_SIZE
 
     def __post_init__(self):
         for name in ("port", "max_body_bytes", "max_concurrency", "retry_after_s"):
@@ -59,8 +60,8 @@ OPTIONS = {
     "max_memory_mb": ("JAIL_MAX_MEMORY_MB", int, "cap of a request's limits.memory_mb"),
     "max_output_bytes": ("JAIL_MAX_OUTPUT_BYTES", int, "cap of a request's limits.output_bytes"),
     "backend": ("JAIL_BACKEND", str, "sandbox backend: native (default), bwrap or nsjail"),
-    "pool_python": ("JAIL_POOL_PYTHON", int, "warm Python sandboxes kept ready (0: off)"),
-    "pool_javascript": ("JAIL_POOL_JAVASCRIPT", int, "warm JavaScript sandboxes kept ready (0: off)"),
+    "pool_python": ("JAIL_POOL_PYTHON", int, "warm Python sandboxes kept ready (default 2; 0: off)"),
+    "pool_javascript": ("JAIL_POOL_JAVASCRIPT", int, "warm JavaScript sandboxes kept ready (default 2; 0: off)"),
 }
 
 

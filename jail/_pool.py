@@ -18,6 +18,7 @@ lives as long as the pool, and when it ends (stop()) their parent-death signal
 takes any idle one along.
 """
 
+import atexit
 import collections
 import dataclasses
 import os
@@ -31,10 +32,13 @@ from jail import _backends, _process, _runtime, _sandbox, _zygote
 LANGUAGES = tuple(_runtime.LANGUAGES)
 
 
+DEFAULT_SIZE = 2  # warm sandboxes per language unless JAIL_POOL_<LANGUAGE> says otherwise
+
+
 def _sizes_from_environment() -> dict:
     sizes = {}
     for language in LANGUAGES:
-        text = os.environ.get(f"JAIL_POOL_{language.upper()}", "0")
+        text = os.environ.get(f"JAIL_POOL_{language.upper()}", str(DEFAULT_SIZE))
         try:
             sizes[language] = max(0, int(text))
         except ValueError:
@@ -56,6 +60,7 @@ class WarmPool:
         self._wake = threading.Condition(self._lock)
         self._ready = {language: collections.deque() for language in LANGUAGES}
         self._sizes = dict.fromkeys(LANGUAGES, 0)
+        self._dormant = {}  # language -> size, kept from the first request in that language on
         self._policy = None
         self._zygotes = {}  # language -> its Zygote for the current policy
         self.zygote_off = {}  # language -> why its warm sandboxes are spawned, not forked
@@ -63,9 +68,17 @@ class WarmPool:
         self._stopping = False
         self.stats = PoolStats()
 
-    def configure(self, sizes: dict, policy) -> None:
-        """Keeps sizes[language] warm sandboxes of policy; 0 everywhere stops the pool."""
+    def configure(self, sizes: dict, policy, on_first_use=False) -> None:
+        """Keeps sizes[language] warm sandboxes of policy; 0 everywhere stops the
+        pool. ``on_first_use``: a language's sandboxes are started when the first
+        request in that language comes (which goes cold), not now."""
+        if on_first_use:
+            with self._lock:
+                self._policy = policy
+                self._dormant = {language: size for language, size in sizes.items() if size}
+            return
         with self._lock:
+            self._dormant = {}
             stale, stale_zygotes = [], []
             if policy != self._policy:
                 stale = [running for queue in self._ready.values() for running in queue]
@@ -76,11 +89,8 @@ class WarmPool:
                 self.zygote_off.clear()
             self._policy = policy
             self._sizes.update({language: int(size) for language, size in sizes.items()})
-            running = self._thread is not None and self._thread.is_alive()
-            if any(self._sizes.values()) and not running:
-                self._stopping = False
-                self._thread = threading.Thread(target=self._refill, name="jail-warm-pool", daemon=True)
-                self._thread.start()
+            if any(self._sizes.values()):
+                self._start_refill()
             self._wake.notify_all()
         for started in stale:
             started.discard()
@@ -89,9 +99,17 @@ class WarmPool:
         if not any(self._sizes.values()):
             self.stop()
 
+    def _start_refill(self) -> None:
+        """(with the lock) The refill thread, unless it runs."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._refill, name="jail-warm-pool", daemon=True)
+            self._thread.start()
+
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
+            self._dormant = {}
             self._wake.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -132,6 +150,9 @@ class WarmPool:
     def take(self, language, policy, limits):
         """A warm sandbox made as this request's would be, or None (go cold)."""
         with self._lock:
+            if language in self._dormant and policy == self._policy:
+                self._sizes[language] = self._dormant.pop(language)
+                self._start_refill()
             queue = self._ready.get(language)
             usable = (queue is not None and self._sizes.get(language) and policy == self._policy
                       and _fixed_at_start(limits) == _fixed_at_start(self._policy.capped(self._policy.limits)))
@@ -243,11 +264,14 @@ def _discard_later(running) -> None:
 
 POOL = WarmPool()
 _configured = False
+atexit.register(POOL.stop)  # zygotes, idle sandboxes and their cgroups go with this process
 
 
 def default_pool() -> WarmPool:
-    """The process-wide pool; on first use it takes its sizes from JAIL_POOL_PYTHON
-    and JAIL_POOL_JAVASCRIPT (default 0: off) unless configure() came first."""
+    """The process-wide pool, for the default policy. Unless configure() came
+    first, it takes its sizes from JAIL_POOL_PYTHON and JAIL_POOL_JAVASCRIPT
+    (default 2 each; 0 turns a language off), and starts a language's warm
+    sandboxes when the first request in that language comes."""
     global _configured
     if not _configured:
         _configured = True
@@ -255,7 +279,7 @@ def default_pool() -> WarmPool:
 
         sizes = _sizes_from_environment()
         if any(sizes.values()):
-            POOL.configure(sizes, DEFAULT_POLICY)
+            POOL.configure(sizes, DEFAULT_POLICY, on_first_use=True)
     return POOL
 
 

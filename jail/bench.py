@@ -192,17 +192,27 @@ def measure(runs: int, burst: int):
 
 
 def idle_warm_rss() -> dict:
-    """Resident MiB of one idle warm sandbox per language (median over the pool)."""
+    """Per language, MiB: an idle warm sandbox's own memory (its private pages,
+    the median over the pool: what one more costs) and, where its sandboxes are
+    forked, its zygote's resident memory (shared by all of them)."""
     from jail import _pool
+
+    def private_kib(pid):
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+
+    def resident_kib(pid):
+        with open(f"/proc/{pid}/status") as f:
+            return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
 
     sizes = {}
     for language in jail.LANGUAGES:
-        rss = []
-        for pid in _pool.POOL.idle_pids_of(language):
-            with open(f"/proc/{pid}/status") as f:
-                rss.append(int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024)
-        if rss:
-            sizes[language] = round(statistics.median(rss), 1)
+        own = [private_kib(pid) / 1024 for pid in _pool.POOL.idle_pids_of(language)]
+        if own:
+            sizes[language] = {"sandbox": round(statistics.median(own), 1)}
+            zygote = _pool.POOL.zygote_pid(language)
+            if zygote is not None:
+                sizes[language]["zygote"] = round(resident_kib(zygote) / 1024, 1)
     return sizes
 
 
@@ -282,7 +292,9 @@ def main(argv=None):
     else:
         rows, idle_rss = measure(args.runs, args.burst)
         print_table(rows, args.runs, args.burst)
-        print("# an idle warm sandbox's resident memory: " + ", ".join(f"{k} {v} MiB" for k, v in idle_rss.items()))
+        print("# an idle warm sandbox's own memory (its private pages): " + ", ".join(
+            f"{k} {v['sandbox']} MiB" + (f" (its zygote: {v['zygote']} MiB resident, shared)" if "zygote" in v else "")
+            for k, v in idle_rss.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "rows": rows,

@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from jail import _process, _runtime
+# jail.run keeps a warm pool by default (started on first use). The suites
+# choose: their "native" column runs cold, their "native-warm" column on a
+# pool of its own (WARM_POLICY); tests/unit/test_pool.py shows the default.
+for _language in ("PYTHON", "JAVASCRIPT"):
+    os.environ.setdefault(f"JAIL_POOL_{_language}", "0")
+
+from jail import _process, _runtime  # noqa: E402
 from jail._policy import DEFAULT_POLICY, Policy
 
 

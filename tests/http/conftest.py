@@ -26,7 +26,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("JAIL_")}
-        env.update({f"JAIL_{k.upper()}": str(v) for k, v in settings.items()})
+        # Cold unless a test asks for its warm pool (None: the service's default, on).
+        settings = {"pool_python": 0, "pool_javascript": 0, **settings}
+        env.update({f"JAIL_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
         if path is not None:
             env["PATH"] = path
         self.process = subprocess.Popen([*prefix, sys.executable, "-m", "jail_http", "--port", str(self.port)],

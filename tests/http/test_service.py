@@ -334,3 +334,27 @@ def test_readyz_is_503_with_the_reason_when_sandboxes_cannot_start(make_server):
     assert broken.request("GET", "/healthz")[0] == 200  # the process itself still answers
     status, _, body = broken.evaluate({"code": "return 1"})
     assert status == 500 and body["error"]["type"] == "SandboxError"
+
+
+def _metric(text, name, language):
+    line = next((l for l in text.splitlines() if l.startswith(f'{name}{{language="{language}"}}')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_the_warm_pool_is_on_by_default_and_in_metrics(make_server):
+    server = make_server(pool_python=None, pool_javascript=None)  # no setting: the service's default
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = server.request("GET", "/metrics")[2].decode()
+        if all(_metric(text, "jail_pool_ready", language) >= 2 for language in ("python", "javascript")):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the pool never filled:\n{text}")
+    for language in ("python", "javascript"):
+        assert server.evaluate({"code": "return 1 + 1", "language": language})[2] == {"output": 2}
+    text = server.request("GET", "/metrics")[2].decode()
+    assert all(_metric(text, "jail_pool_hits_total", language) >= 1 for language in ("python", "javascript")), text
+    code, out = server.stop()
+    assert code == 0, out[-2000:]
+    assert sandbox_processes() == []  # the pool's sandboxes and zygotes went with the service

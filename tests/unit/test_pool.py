@@ -1,6 +1,9 @@
 """The warm pool: single-use sandboxes started ahead of demand."""
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -119,3 +122,28 @@ def test_bad_pool_sizes_are_refused():
         jail.warm_pool(ruby=1)
     with pytest.raises(ValueError, match="whole number"):
         jail.warm_pool(python=-1)
+
+
+DEFAULT_POOL_PROBE = """
+import json, time, jail
+from jail import _pool
+first = jail.run("return 1")                     # the pool starts now, for python only
+deadline = time.monotonic() + 20
+while len(_pool.POOL.idle_pids_of("python")) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+second = jail.run("return 2")
+print(json.dumps([first.stats.warm, second.stats.warm, len(_pool.POOL.idle_pids_of("javascript"))]))
+"""
+
+
+@pytest.mark.parametrize("setting,expected", [(None, [False, True, 0]), ("0", [False, False, 0])])
+def test_jail_run_has_a_process_wide_pool_by_default(setting, expected):
+    """Started on first use, per language; JAIL_POOL_PYTHON=0 turns it off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAIL_POOL_")}
+    if setting is not None:
+        env["JAIL_POOL_PYTHON"] = setting
+    out = subprocess.run([sys.executable, "-c", DEFAULT_POOL_PROBE], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == expected
+    assert sandbox_processes() == []  # nothing of that process's pool outlives it
