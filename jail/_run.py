@@ -206,7 +206,7 @@ async def run_prepared(prepared: Prepared, on_output=None) -> Result:
     one made as this request's would be, else a new one. ``on_output(stream,
     data)`` sees stdout/stderr bytes as they arrive."""
     pool = _pool.default_pool()
-    warm = pool.take(prepared.language, prepared.policy, prepared.limits)
+    warm = await pool.take_async(prepared.language, prepared.policy, prepared.limits)
     if warm is not None:
         try:
             outcome = await _process.communicate(warm, prepared.limits, prepared.request, on_output, warm=True)

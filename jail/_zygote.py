@@ -245,7 +245,24 @@ class Zygote:
 
     def fork(self) -> _process.Started:
         """A new warm sandbox, waiting for its request."""
-        ffi, lib = _native()
+        [started] = self.fork_many(1)
+        if isinstance(started, Exception):
+            raise started
+        return started
+
+    def fork_many(self, count) -> list:
+        """count new warm sandboxes (or, for each that failed, its SandboxError):
+        all asked for first, then waited for, so that the zygote forks the next
+        while the last sets itself up."""
+        asked = []
+        for _ in range(count):
+            try:
+                asked.append(self._ask())
+            except SandboxError as error:
+                asked.append(error)
+        return [each if isinstance(each, Exception) else self._await(*each) for each in asked]
+
+    def _ask(self):
         with self._lock:
             if self._dead or self._stopping:
                 raise SandboxError(f"the {self.language} zygote has stopped")
@@ -253,7 +270,7 @@ class Zygote:
                 raise SandboxError(f"the {self.language} zygote has {BLOCK_SIZE} children alive: no uid left")
             uid = self._free_uids.pop()
             token = next(self._tokens)
-        host_fds, child_fds, join_fds, cgroup = [], [], [], None
+        host_fds, child_fds, join_fds, child = [], [], [], None
         try:
             cgroup = _cgroup.SandboxCgroup(self.child_spec.memory_bytes, self.child_spec.limits.processes)
             child = ZygoteChild(self, token, uid, cgroup)
@@ -267,23 +284,32 @@ class Zygote:
                 child_fds.append(inside)
             socket.send_fds(self._socket, [self._request(token, uid, len(child_fds) + len(join_fds))],
                             child_fds + join_fds)
-            if not child.started.wait(START_TIMEOUT) or child.pidfd is None:
-                raise SandboxError(self._why_no_child(child))
         except BaseException as exc:
-            for fd in host_fds:
-                os.close(fd)
-            with self._lock:
-                self._children.pop(token, None)
-                self._free_uids.append(uid)
-            if cgroup is not None:
-                cgroup.remove()
+            self._forget(token, uid, child, host_fds)
             if isinstance(exc, OSError):
                 raise SandboxError(f"fork a {self.language} sandbox: {exc}") from exc
             raise
         finally:
             for fd in child_fds + join_fds:
                 os.close(fd)
+        return token, uid, child, host_fds
+
+    def _await(self, token, uid, child, host_fds):
+        if not child.started.wait(START_TIMEOUT) or child.pidfd is None:
+            error = SandboxError(self._why_no_child(child))
+            self._forget(token, uid, child, host_fds)
+            return error
         return _process.Started(_backends.get("native"), child, host_fds, private_channel=True)
+
+    def _forget(self, token, uid, child, host_fds) -> None:
+        """A child that never started: its fds, uid and cgroup go back."""
+        for fd in host_fds:
+            os.close(fd)
+        with self._lock:
+            self._children.pop(token, None)
+            self._free_uids.append(uid)
+        if child is not None:
+            child.cgroup.remove()
 
     def _request(self, token, uid, n_fds) -> bytes:
         ffi, _ = _native()

@@ -17,7 +17,8 @@
  *           rlimits; no-new-privs; no capabilities; the seccomp filter last.
  *
  * The child reports a failed step on a pipe and exits 126; the zygote answers
- * STARTED only once the child has reached its last step (the pipe reads EOF).
+ * STARTED only once the child has reached its last step (the pipe reads EOF),
+ * and forks the next request's child meanwhile.
  * Exits are reported with the child's wait status and cpu time.
  *
  * The language runtime runs again in the child after this returns, so the
@@ -36,6 +37,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -54,6 +56,7 @@ struct child_slot {
     uint64_t token;
     pid_t pid;
     int pidfd;
+    int report_fd; /* while the child sets itself up: its report pipe (EOF: ready); then -1 */
 };
 
 struct zygote {
@@ -139,8 +142,11 @@ static void take_fds_child(int report_fd, const int *fds, int n_fds, int *cgroup
             cgroup_fds[i - JAIL_ZYGOTE_STDIO] = copies[i];
     }
     close(zygote.self_pidfd);
-    for (int i = 0; i < zygote.n_children; i++)
+    for (int i = 0; i < zygote.n_children; i++) {
         close(zygote.children[i].pidfd);
+        if (zygote.children[i].report_fd >= 0)
+            close(zygote.children[i].report_fd);
+    }
 }
 
 static void drop_capabilities_child(int report_fd)
@@ -287,7 +293,6 @@ static void close_all(const int *fds, int n)
 static int start_child(const struct jail_zygote_request *request, const int *fds)
 {
     int report[2];
-    struct failure failure;
 
     if (zygote.n_children == JAIL_ZYGOTE_MAX_CHILDREN) {
         fail(request->token, JAIL_STEP_FORK, EAGAIN, -1);
@@ -319,30 +324,51 @@ static int start_child(const struct jail_zygote_request *request, const int *fds
         fail(request->token, JAIL_STEP_FORK, fork_errno, -1);
         return 1;
     }
-    ssize_t n;
-    do {
-        n = read(report[0], &failure, sizeof failure);
-    } while (n < 0 && errno == EINTR);
-    close(report[0]);
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (n != 0 || pidfd < 0) {
-        if (pidfd >= 0)
-            close(pidfd);
+    if (pidfd < 0) {
+        int saved = errno;
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        if (n == (ssize_t)sizeof failure)
-            fail(request->token, failure.step, failure.err, failure.index);
-        else
-            fail(request->token, JAIL_STEP_SYNC, n < 0 ? errno : EPROTO, -1);
+        close(report[0]);
+        fail(request->token, JAIL_STEP_SYNC, saved, -1);
         return 1;
     }
+    /* Not waited for here: the next request's fork goes on while this child sets up. */
     struct child_slot *slot = &zygote.children[zygote.n_children++];
     slot->token = request->token;
     slot->pid = pid;
     slot->pidfd = pidfd;
-    struct jail_zygote_reply started = {.token = request->token, .kind = JAIL_ZYGOTE_STARTED, .pid = pid};
-    reply(&started, pidfd);
+    slot->report_fd = report[0];
     return 1;
+}
+
+/* The child's report pipe turned readable: EOF when it reached its last step
+ * (STARTED), else the step that failed (FAILED). */
+static void report_start(int index)
+{
+    struct child_slot *slot = &zygote.children[index];
+    struct failure failure;
+    ssize_t n;
+
+    do {
+        n = read(slot->report_fd, &failure, sizeof failure);
+    } while (n < 0 && errno == EINTR);
+    close(slot->report_fd);
+    slot->report_fd = -1;
+    if (n == 0) {
+        struct jail_zygote_reply started = {.token = slot->token, .kind = JAIL_ZYGOTE_STARTED, .pid = slot->pid};
+        reply(&started, slot->pidfd);
+        return;
+    }
+    struct child_slot failed = *slot;
+    *slot = zygote.children[--zygote.n_children];
+    kill(failed.pid, SIGKILL);
+    waitpid(failed.pid, NULL, 0);
+    close(failed.pidfd);
+    if (n == (ssize_t)sizeof failure)
+        fail(failed.token, failure.step, failure.err, failure.index);
+    else
+        fail(failed.token, JAIL_STEP_SYNC, n < 0 ? errno : EPROTO, -1);
 }
 
 static void report_exit(int index)
@@ -434,7 +460,8 @@ int jail_zygote_serve(void)
         polls[0].fd = CONTROL_FD;
         polls[0].events = POLLIN;
         for (int i = 0; i < zygote.n_children; i++) {
-            polls[1 + i].fd = zygote.children[i].pidfd;
+            struct child_slot *slot = &zygote.children[i];
+            polls[1 + i].fd = slot->report_fd >= 0 ? slot->report_fd : slot->pidfd;
             polls[1 + i].events = POLLIN;
         }
         int count = 1 + zygote.n_children;
@@ -443,10 +470,16 @@ int jail_zygote_serve(void)
                 continue;
             _exit(JAIL_EXIT_SETUP_FAILED);
         }
-        /* Exits first (from the end: report_exit moves the last slot into the freed one). */
-        for (int i = count - 1; i >= 1; i--)
-            if (polls[i].revents)
+        /* From the end: a finished slot takes the last one's place. A slot's
+         * report pipe is polled until it is ready, then its pidfd. */
+        for (int i = count - 1; i >= 1; i--) {
+            if (!polls[i].revents)
+                continue;
+            if (polls[i].fd == zygote.children[i - 1].report_fd)
+                report_start(i - 1);
+            else
                 report_exit(i - 1);
+        }
         if (polls[0].revents & (POLLIN | POLLHUP | POLLERR))
             if (handle_request() == 0)
                 return 0;
@@ -470,6 +503,27 @@ int jail_zygote_serve(void)
 #pragma weak napi_create_int32
 #pragma weak uv_loop_fork
 
+/* OpenSSL, as built into node (3.0), does not reseed after a fork: every
+ * child would draw the zygote's random bytes (crypto.randomUUID() alike). */
+void RAND_seed(const void *buf, int num);
+#pragma weak RAND_seed
+
+static void reseed_openssl_child(void)
+{
+    unsigned char seed[48];
+    size_t got = 0;
+
+    while (got < sizeof seed) {
+        ssize_t n = getrandom(seed + got, sizeof seed - got, 0);
+        if (n < 0 && errno != EINTR)
+            _exit(JAIL_EXIT_SETUP_FAILED);
+        got += n > 0 ? (size_t)n : 0;
+    }
+    if (RAND_seed == NULL)
+        _exit(JAIL_EXIT_SETUP_FAILED);
+    RAND_seed(seed, (int)sizeof seed);
+}
+
 static napi_value serve_js(napi_env env, napi_callback_info info)
 {
     uv_loop_t *loop;
@@ -479,6 +533,7 @@ static napi_value serve_js(napi_env env, napi_callback_info info)
     /* In the child: the event loop's epoll set was the zygote's; make our own. */
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_loop_fork(loop) != 0)
         _exit(JAIL_EXIT_SETUP_FAILED);
+    reseed_openssl_child();
     napi_get_undefined(env, &undefined);
     return undefined;
 }

@@ -66,12 +66,19 @@ def test_a_request_unlike_the_warm_sandboxes_goes_cold_at_once(warm):
     assert 0.6 < time.monotonic() - started < 1.7
 
 
-def test_an_empty_pool_never_makes_a_request_wait():
+@pytest.mark.parametrize("fork_wait", [0.0, _pool.FORK_WAIT])
+def test_an_empty_pool_waits_at_most_for_a_fork(monkeypatch, fork_wait):
+    """Faster than the pool refills: with no wait some go cold; with the wait
+    for a fork (10 ms, far below a cold start) every request is served warm or
+    goes cold once it is over."""
+    monkeypatch.setattr(_pool, "FORK_WAIT", fork_wait)
     jail.warm_pool(python=1)
     try:
-        for _ in range(3):  # faster than the pool refills: some go cold, none waits
+        wait_until_full()
+        before = _pool.POOL.stats.hits["python"] + _pool.POOL.stats.misses["python"]
+        for _ in range(5):
             assert jail.run("return 1").output == 1
-        assert _pool.POOL.stats.misses["python"] + _pool.POOL.stats.hits["python"] >= 3
+        assert _pool.POOL.stats.misses["python"] + _pool.POOL.stats.hits["python"] == before + 5
     finally:
         jail.warm_pool()
 
@@ -79,9 +86,11 @@ def test_an_empty_pool_never_makes_a_request_wait():
 PLANT = ("import builtins, os, sys, threading, time\nbuiltins.len = lambda x: 42\nsys.modules['planted'] = sys\n"
          "os.environ['PLANTED'] = '1'\nopen('/tmp/planted', 'w').write('x')\n"
          "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+         "if os.fork() == 0:\n    time.sleep(30)\n    os._exit(0)\n"
          "return 'planted'")
-CHECK = ("import os, sys, threading\nreturn [len([1]), 'planted' in sys.modules, 'PLANTED' in os.environ,"
-         " os.path.exists('/tmp/planted'), threading.active_count()]")
+CHECK = ("import os, sys, threading\ntry:\n    os.kill(2, 0)\n    child = True\nexcept ProcessLookupError:\n"
+         "    child = False\nreturn [len([1]), 'planted' in sys.modules, 'PLANTED' in os.environ,"
+         " os.path.exists('/tmp/planted'), threading.active_count(), child]")
 
 
 def test_warm_or_cold_no_run_sees_what_another_planted():
@@ -93,7 +102,7 @@ def test_warm_or_cold_no_run_sees_what_another_planted():
         warm_check = jail.run(CHECK, policy=scratch)
         cold_check = jail.run(CHECK, policy=jail.Policy(scratch_mb=4, uid_range=(210_000, 64)))
         assert planted.stats.warm and warm_check.stats.warm and not cold_check.stats.warm
-        assert warm_check.output == cold_check.output == [1, False, False, False, 1]
+        assert warm_check.output == cold_check.output == [1, False, False, False, 1, False]
     finally:
         jail.warm_pool()
 
@@ -147,3 +156,16 @@ def test_jail_run_has_a_process_wide_pool_by_default(setting, expected):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == expected
     assert sandbox_processes() == []  # nothing of that process's pool outlives it
+
+
+def test_forked_sandboxes_do_not_share_random_state(warm):
+    """A fork copies the zygote's generators: each child must draw its own."""
+    codes = {"python": "import random, os\nreturn [random.random(), os.urandom(8).hex()]",
+             "javascript": "return [Math.random(), crypto.getRandomValues(new Uint32Array(2)).join()]"}
+    for language, code in codes.items():
+        first = jail.run(code, language)
+        wait_until_full()
+        second = jail.run(code, language)
+        assert first.stats.warm and second.stats.warm
+        assert first.output[0] != second.output[0] and first.output[1] != second.output[1], (first.output, second.output)
+        assert 0 <= first.output[0] < 1
