@@ -490,9 +490,9 @@ function blockingStdio() {
 // A warm pool keeps the harness waiting for its request in readRequest(); the first
 // compile and encode cost milliseconds, so pay for them before the request comes.
 // Nothing here runs code of anyone's or changes anything a snippet can see.
-function warmUp() {
+function warmUp(rounds) {
   blockingStdio();  // process.stdout and process.stderr are made on first use
-  for (let i = 0; i < 4; i++) {  // a few rounds: V8 keeps feedback for the harness's own code
+  for (let i = 0; i < rounds; i++) {  // a few rounds: V8 keeps feedback for the harness's own code
     const request = JSON.parse(`{"code": "return x + ${i}", "scope": {"x": ${i}}, "types": {}}`);
     compileSnippet(request.code, ObjectKeys(request.scope));
     encode([i, 'a', { b: true }, null, 2.5]);
@@ -508,7 +508,7 @@ const ZYGOTE_LIBRARY = '/opt/zygote/zygote.so';
 // process would.
 // The addon also gives what Node lacks: a private result channel, as Python's harness has.
 function becomeZygoteChild() {
-  warmUp();
+  warmUp(4);
   // Node compiles its crypto modules on first use (tens of ms of a child's cpu): here, once.
   crypto.getRandomValues(new Uint32Array(1));
   // A young generation left full makes every child's first allocation a collection.
@@ -520,6 +520,9 @@ function becomeZygoteChild() {
   reallyExit = addon.exports.exit;  // Node's own exit would join helper threads the fork did not copy
   process.argv.splice(2);
   reseedMathRandom();
+  // Again in the child, before its request comes: the pages it shares with the zygote are
+  // copied on first write, and this way not on the request's time.
+  warmUp(1);
   const fd = addon.exports.takeChannel();
   if (fd < 0) reallyExit(NO_MESSAGE_EXIT);
   return fd;
@@ -546,7 +549,7 @@ function reseedMathRandom() {
 async function run() {
   const zygote = process.argv[2] === '--zygote';
   channel = zygote ? becomeZygoteChild() : takeResultChannel();
-  if (!zygote) warmUp();
+  if (!zygote) warmUp(1);
   let code;
   let codeLines;
   let args;

@@ -440,8 +440,7 @@ def become_zygote_child():
     in a new child, already a sandbox of its own, which then runs as a fresh process.
     Nothing of the zygote's own (ctypes, its argv) is left for the snippet to see."""
     before = set(sys.modules)
-    compile_snippet("return x", ["x"], {"__builtins__": builtins})
-    encode([1, "a", {"b": True}, None, 2.5, Decimal("1.5"), datetime(2000, 1, 1)])
+    warm_up()
     import ctypes
 
     serve = ctypes.PyDLL(ZYGOTE_LIBRARY).jail_zygote_serve  # PyDLL: the GIL stays held across the fork
@@ -451,6 +450,19 @@ def become_zygote_child():
     for name in set(sys.modules) - before:
         del sys.modules[name]
     del sys.argv[1:]
+    # Again in the child, before its request comes: the pages the zygote shares with it
+    # are copied on first write (reference counts too), and this way not on the request's time.
+    warm_up()
+
+
+def warm_up():
+    """The request's path once over (read, compile, encode), touching no state a snippet sees."""
+    request = json.loads('{"code": "return x", "scope": {"x": 1}, "types": {}}')
+    decode_scope(request["scope"], request["types"])
+    code = request["code"]
+    re.split(r"\r\n|\r|\n", code)
+    compile_snippet(code, parameter_names(request["scope"]), {"__builtins__": builtins})
+    encode([1, "a", {"b": True}, None, 2.5, Decimal("1.5"), datetime(2000, 1, 1)])
 
 
 if __name__ == "__main__":

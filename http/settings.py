@@ -60,8 +60,8 @@ OPTIONS = {
     "max_memory_mb": ("JAIL_MAX_MEMORY_MB", int, "cap of a request's limits.memory_mb"),
     "max_output_bytes": ("JAIL_MAX_OUTPUT_BYTES", int, "cap of a request's limits.output_bytes"),
     "backend": ("JAIL_BACKEND", str, "sandbox backend: native (default), bwrap or nsjail"),
-    "pool_python": ("JAIL_POOL_PYTHON", int, "warm Python sandboxes kept ready (default 2; 0: off)"),
-    "pool_javascript": ("JAIL_POOL_JAVASCRIPT", int, "warm JavaScript sandboxes kept ready (default 2; 0: off)"),
+    "pool_python": ("JAIL_POOL_PYTHON", int, "warm Python sandboxes kept ready (default 4; 0: off)"),
+    "pool_javascript": ("JAIL_POOL_JAVASCRIPT", int, "warm JavaScript sandboxes kept ready (default 4; 0: off)"),
 }
 
 

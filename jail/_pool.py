@@ -33,7 +33,7 @@ from jail import _backends, _process, _runtime, _sandbox, _zygote
 LANGUAGES = tuple(_runtime.LANGUAGES)
 
 
-DEFAULT_SIZE = 2  # warm sandboxes per language unless JAIL_POOL_<LANGUAGE> says otherwise
+DEFAULT_SIZE = 4  # warm sandboxes per language unless JAIL_POOL_<LANGUAGE> says otherwise
 # How long a request waits for a forked sandbox when the pool is empty: a few
 # forks' time, and far below a cold start (25 ms and more on these machines).
 FORK_WAIT = 0.010
@@ -300,7 +300,7 @@ atexit.register(POOL.stop)  # zygotes, idle sandboxes and their cgroups go with 
 def default_pool() -> WarmPool:
     """The process-wide pool, for the default policy. Unless configure() came
     first, it takes its sizes from JAIL_POOL_PYTHON and JAIL_POOL_JAVASCRIPT
-    (default 2 each; 0 turns a language off), and starts a language's warm
+    (default 4 each; 0 turns a language off), and starts a language's warm
     sandboxes when the first request in that language comes."""
     global _configured
     if not _configured:

@@ -4,7 +4,7 @@
     python -m jail.bench --launcher  # what the launcher adds to /usr/bin/env, python -c, node -e
 
 For each language and each backend present, and for native's warm pool
-("native-warm", 2 sandboxes kept ready per language): the bare interpreter's
+("native-warm", the default pool: 4 per language, forked from zygotes): the bare interpreter's
 start (the floor), the median and p99 wall time of jail.run("return 1+1"),
 runs per second with 1 and 2 callers in parallel, then the median and the runs
 per second (2 clients) through HTTP against a local server of that backend.
@@ -26,13 +26,13 @@ import time
 import urllib.request
 
 import jail
-from jail import _backends, _process, _runtime
+from jail import _backends, _pool, _process, _runtime
 from jail._errors import SandboxError
 
 SNIPPET = "return 1+1"
 ALL_BACKENDS = ("native", "bwrap", "nsjail")
 WARM = "native-warm"
-WARM_POOL = 2  # warm sandboxes per language
+WARM_POOL = _pool.DEFAULT_SIZE  # warm sandboxes per language, as by default
 # The warm column's own policy (uid range), so that only it is served by the pool.
 WARM_POLICY = jail.Policy(uid_range=(204_096, 1024))
 BARE = {
@@ -92,8 +92,8 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         env = dict(os.environ, JAIL_BACKEND=backend.split("-")[0], JAIL_MAX_CONCURRENCY="2")
-        if backend == WARM:
-            env.update(JAIL_POOL_PYTHON=str(WARM_POOL), JAIL_POOL_JAVASCRIPT=str(WARM_POOL))
+        pool = str(WARM_POOL) if backend == WARM else "0"  # every other column is cold
+        env.update(JAIL_POOL_PYTHON=pool, JAIL_POOL_JAVASCRIPT=pool)
         self.process = subprocess.Popen([sys.executable, "-m", "jail_http", "--port", str(self.port)], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
