@@ -221,6 +221,8 @@ class WarmPool:
             except Exception:  # the cold path will report it to a caller; do not spin
                 time.sleep(1)
                 continue
+            if not made:
+                time.sleep(0.001)
             with self._lock:
                 if self._stopping or policy != self._policy:
                     stale = made
@@ -240,16 +242,17 @@ class WarmPool:
         zygote = self._zygote(language, policy, limits)
         if zygote is not None:
             made = zygote.fork_many(count)
-            failed = [each for each in made if isinstance(each, Exception)]
+            failed = [each for each in made if isinstance(each, Exception) and not isinstance(each, _zygote.Busy)]
             if failed:
                 with self._lock:
                     self.zygote_off[language] = f"its zygote failed: {failed[0]}"
                     if self._zygotes.get(language) is zygote:
                         del self._zygotes[language]
                 zygote.stop()
+            busy = any(isinstance(each, _zygote.Busy) for each in made)
             made = [each for each in made if not isinstance(each, Exception)]
-            if made:
-                return made
+            if made or (busy and not failed):
+                return made  # all its uids in use: the next round will find some free
         spec = _sandbox.harness_spec(language, policy, limits)
         return [_process.start(_backends.get(policy.backend), spec, harness=True)]
 

@@ -58,6 +58,11 @@ def _host_pid(pidfd) -> int:
         return int(next(line for line in f if line.startswith("Pid:")).split()[1])
 
 
+class Busy(SandboxError):
+    """Every uid of the zygote's block is taken (by children still running or
+    being reaped): for a moment, not a failure of the zygote."""
+
+
 class _Held:
     """What a zygote holds on the host: its own uid, a block of uids for its
     children, and its cgroup (the native backend's Held, for a zygote)."""
@@ -267,7 +272,7 @@ class Zygote:
             if self._dead or self._stopping:
                 raise SandboxError(f"the {self.language} zygote has stopped")
             if not self._free_uids:
-                raise SandboxError(f"the {self.language} zygote has {BLOCK_SIZE} children alive: no uid left")
+                raise Busy(f"the {self.language} zygote has {BLOCK_SIZE} children alive: no uid left")
             uid = self._free_uids.pop()
             token = next(self._tokens)
         host_fds, child_fds, join_fds, child = [], [], [], None
