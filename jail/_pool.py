@@ -65,6 +65,7 @@ class WarmPool:
         self._ready = {language: collections.deque() for language in LANGUAGES}
         self._sizes = dict.fromkeys(LANGUAGES, 0)
         self._dormant = {}  # language -> size, kept from the first request in that language on
+        self._not_before = 0.0  # monotonic time before which refills wait, if the pool is not empty
         self._policy = None
         self._zygotes = {}  # language -> its Zygote for the current policy
         self.zygote_off = {}  # language -> why its warm sandboxes are spawned, not forked
@@ -191,6 +192,7 @@ class WarmPool:
             self.stats.hits[language] += running is not None
             self.stats.misses[language] += count_miss and running is None and bool(self._sizes.get(language))
             if running is None or not queue:
+                self._not_before = 0.0  # empty: at once
                 self._wake.notify_all()  # else the caller's done() does, not to compete with its run
         if running is not None and policy.backend == "native":
             # The interpreter itself is the sandbox's pid (native): its cpu budget starts now.
@@ -201,8 +203,10 @@ class WarmPool:
         return running
 
     def done(self) -> None:
-        """A run that took a warm sandbox has its answer: time to replace it."""
+        """A run that took a warm sandbox has its answer: time to replace it,
+        once that answer is on its way (SETTLE), while others are ready."""
         with self._lock:
+            self._not_before = time.monotonic() + _process.SETTLE
             self._wake.notify_all()
 
     def _refill(self) -> None:
@@ -213,6 +217,10 @@ class WarmPool:
                 if self._stopping:
                     return
                 language = self._missing()
+                wait = self._not_before - time.monotonic()
+                if wait > 0 and self._ready[language]:
+                    self._wake.wait(wait)
+                    continue
                 count = self._sizes[language] - len(self._ready[language])
                 policy = self._policy
             started_at = time.monotonic()
