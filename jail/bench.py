@@ -9,7 +9,9 @@ start (the floor), the median and p99 wall time of jail.run("return 1+1"),
 runs per second with 1 and 2 callers in parallel, then the median and the runs
 per second (2 clients) through HTTP against a local server of that backend.
 Runs interleave the backends round by round, so that drift of a shared machine
-hits them alike. Ratios are to nsjail where it is present, else to bwrap.
+hits them alike; single runs are timed 15 ms apart, so that one does not pay
+for the background work (refill, reaping) of the one before, which the
+throughput bursts do. Ratios are to nsjail where it is present, else to bwrap.
 """
 
 import argparse
@@ -30,6 +32,7 @@ from jail import _backends, _pool, _process, _runtime
 from jail._errors import SandboxError
 
 SNIPPET = "return 1+1"
+QUIET = 0.015  # seconds between timed single runs (see measure())
 ALL_BACKENDS = ("native", "bwrap", "nsjail")
 WARM = "native-warm"
 WARM_POOL = _pool.DEFAULT_SIZE  # warm sandboxes per language, as by default
@@ -156,9 +159,14 @@ def measure(runs: int, burst: int):
             order = configs if round_number % 2 == 0 else configs[::-1]
             for language, backend in order:
                 cell = samples[(language, backend)]
+                # Single runs are timed on a quiet host: after the background work of the
+                # one before (a warm pool's refill and reaping, 3 ms after its answer) is done.
                 cell["bare"].append(time_bare(BARE[language]()))
+                time.sleep(QUIET)
                 cell["run"].append(time_run(language, backend))
+                time.sleep(QUIET)
                 cell["http"].append(clients[backend].evaluate(language))
+                time.sleep(QUIET)
             if round_number % max(1, runs // 3) == 0:  # throughput: a few bursts spread over the run
                 for language, backend in order:
                     cell = samples[(language, backend)]
