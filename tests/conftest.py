@@ -28,25 +28,9 @@ def pytest_report_header(config):
 @pytest.fixture(params=["native", "bwrap", "nsjail"])
 def backend(request):
     """Each backend in turn; one that is not installed here is skipped, saying why."""
+    from host import available_backend
+
     return available_backend(request.param)
-
-
-def available_backend(name):
-    """name, or a skip saying why it cannot run here. "zygote" is native's
-    zygote children (tests/zygote_probe.py), for the security suite."""
-    from jail import _backends, _zygote
-    from jail._errors import SandboxError
-
-    if name == "zygote":
-        reason = _zygote.unavailable_reason(DEFAULT_POLICY)
-        if reason:
-            pytest.skip(f"not available on this machine: {reason}")
-        return name
-    try:
-        _backends.get(name)
-    except SandboxError as exc:
-        pytest.skip(f"not available on this machine: {exc}")
-    return name
 
 
 # The warm column's policy differs from the default (its own uid range), so the

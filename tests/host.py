@@ -1,9 +1,29 @@
-"""What tests look at on the host, outside any sandbox."""
+"""What tests look at on the host: the backends it can run, and what sandboxes left on it."""
 
 import os
 import sys
 
+import pytest
+
 from jail import DEFAULT_POLICY
+
+
+def available_backend(name):
+    """name, or a skip saying why it cannot run here. "zygote" is native's
+    zygote children (tests/zygote_probe.py), for the security suite."""
+    from jail import _backends, _zygote
+    from jail._errors import SandboxError
+
+    if name == "zygote":
+        reason = _zygote.unavailable_reason(DEFAULT_POLICY)
+        if reason:
+            pytest.skip(f"not available on this machine: {reason}")
+        return name
+    try:
+        _backends.get(name)
+    except SandboxError as exc:
+        pytest.skip(f"not available on this machine: {exc}")
+    return name
 
 
 def sandbox_processes(marker=b"/opt/harness/", uid_range=True):

@@ -33,7 +33,7 @@ def try_(body):
 def backend(request):
     """Each backend, and native's zygote children: every probe runs in each
     (the test's zygotes end with it)."""
-    from conftest import available_backend
+    from host import available_backend
 
     yield available_backend(request.param)
     if request.param == "zygote":
