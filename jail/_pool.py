@@ -37,6 +37,7 @@ DEFAULT_SIZE = 4  # warm sandboxes per language unless JAIL_POOL_<LANGUAGE> says
 # How long a request waits for a forked sandbox when the pool is empty: a few
 # forks' time, and far below a cold start (25 ms and more on these machines).
 FORK_WAIT = 0.010
+ZYGOTE_RETRY = 30.0  # seconds after a zygote failed before a new one is tried
 
 
 def _sizes_from_environment() -> dict:
@@ -69,6 +70,7 @@ class WarmPool:
         self._policy = None
         self._zygotes = {}  # language -> its Zygote for the current policy
         self.zygote_off = {}  # language -> why its warm sandboxes are spawned, not forked
+        self._zygote_retry = {}  # language -> when a zygote that failed may be tried again
         self._thread = None
         self._stopping = False
         self.stats = PoolStats()
@@ -92,6 +94,7 @@ class WarmPool:
                 stale_zygotes = list(self._zygotes.values())
                 self._zygotes.clear()
                 self.zygote_off.clear()
+                self._zygote_retry.clear()
             self._policy = policy
             self._sizes.update({language: int(size) for language, size in sizes.items()})
             if any(self._sizes.values()):
@@ -254,6 +257,7 @@ class WarmPool:
             if failed:
                 with self._lock:
                     self.zygote_off[language] = f"its zygote failed: {failed[0]}"
+                    self._zygote_retry[language] = time.monotonic() + ZYGOTE_RETRY
                     if self._zygotes.get(language) is zygote:
                         del self._zygotes[language]
                 zygote.stop()
@@ -270,7 +274,9 @@ class WarmPool:
             if zygote is not None and zygote.alive():
                 return zygote
             if language in self.zygote_off:
-                return None
+                if time.monotonic() < self._zygote_retry.get(language, float("inf")):
+                    return None
+                del self.zygote_off[language]  # a failure some time ago: try a new zygote
         reason = _zygote.unavailable_reason(policy)
         try:
             zygote = None if reason else _zygote.Zygote(language, policy, limits)
@@ -280,6 +286,7 @@ class WarmPool:
             if reason:
                 self.zygote_off[language] = reason
             elif self._policy == policy and not self._stopping:
+                self._zygote_retry.pop(language, None)
                 self._zygotes[language] = zygote
                 return zygote
         if zygote is not None:

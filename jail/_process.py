@@ -225,6 +225,7 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
             loop.remove_writer(stdin_fd)
         if how == "result":
             cpu_seconds, peak_memory, cgroup = sandbox.usage_now()
+            sandbox.kill()  # now: whatever still runs in there is over; reaping can wait
             end_later(running)
         else:
             status, usage, finished = running.end()

@@ -97,6 +97,7 @@ class ZygoteChild(Sandbox):
         self.pid = self.pidfd = None
         self.started = threading.Event()
         self.failure = None  # a FAILED reply
+        self.abandoned = False  # its fork took too long: killed once started, released once gone
         self.exited = threading.Event()
         self.status, self.usage = None, None
 
@@ -108,17 +109,21 @@ class ZygoteChild(Sandbox):
 
     def wait(self):
         if not self.exited.wait(EXIT_TIMEOUT) or self.status is None:
-            # The zygote is gone (its death signal kills the child) or stuck.
-            select.select([self.pidfd], [], [], EXIT_TIMEOUT)
+            # The zygote is gone (its children die with its pid namespace) or stuck.
+            poller = select.poll()
+            poller.register(self.pidfd, select.POLLIN)
+            poller.poll(EXIT_TIMEOUT * 1000)
             self.status, self.usage = signal.SIGKILL, _usage(0, 0)
         os.close(self.pidfd)
         return self.status, self.usage
 
     def finish(self) -> Finished:
-        finished = Finished(cgroup=self.cgroup.mode, peak_memory=self.cgroup.peak_memory(),
-                            oom_killed=self.cgroup.oom_killed())
-        self.cgroup.remove()
-        self.zygote._release(self)
+        try:
+            finished = Finished(cgroup=self.cgroup.mode, peak_memory=self.cgroup.peak_memory(),
+                                oom_killed=self.cgroup.oom_killed())
+            self.cgroup.remove()
+        finally:
+            self.zygote._release(self)
         return finished
 
 
@@ -220,6 +225,8 @@ class Zygote:
             if reply.kind == lib.JAIL_ZYGOTE_STARTED and fds:
                 child.pidfd = fds[0]
                 child.pid = _host_pid(child.pidfd)
+                if child.abandoned:
+                    child.kill()
                 child.started.set()
             elif reply.kind == lib.JAIL_ZYGOTE_FAILED:
                 child.failure = (reply.step, reply.err, reply.index)
@@ -227,6 +234,9 @@ class Zygote:
             elif reply.kind == lib.JAIL_ZYGOTE_EXITED:
                 child.status, child.usage = reply.status, _usage(reply.cpu_us, reply.maxrss_kb)
                 child.exited.set()
+                if child.abandoned:
+                    os.close(child.pidfd)
+                    child.finish()
 
     def _end(self, log_read) -> None:
         """The zygote closed its end (it was stopped, or it died): reap it, let
@@ -236,7 +246,11 @@ class Zygote:
             waiting = list(self._children.values())
         for child in waiting:
             child.started.set()
-            child.exited.set()  # with no status: wait() sees the child die by its death signal
+            child.exited.set()  # with no status: wait() sees the child die with the zygote's pid namespace
+            if child.abandoned:
+                if child.pidfd is not None:
+                    child.wait()
+                child.finish()
         self.sandbox.kill()
         self.sandbox.wait()
         try:
@@ -300,11 +314,20 @@ class Zygote:
         return token, uid, child, host_fds
 
     def _await(self, token, uid, child, host_fds):
-        if not child.started.wait(START_TIMEOUT) or child.pidfd is None:
-            error = SandboxError(self._why_no_child(child))
+        if child.started.wait(START_TIMEOUT) and child.pidfd is not None:
+            return _process.Started(_backends.get("native"), child, host_fds, private_channel=True)
+        error = SandboxError(self._why_no_child(child))
+        with self._lock:
+            late = child.failure is None and not self._dead
+            child.abandoned = late
+        if late:
+            # Not answered in time: it may still start. Its uid and cgroup stay
+            # taken until the zygote reports it gone (it is killed on STARTED).
+            for fd in host_fds:
+                os.close(fd)
+        else:
             self._forget(token, uid, child, host_fds)
-            return error
-        return _process.Started(_backends.get("native"), child, host_fds, private_channel=True)
+        return error
 
     def _forget(self, token, uid, child, host_fds) -> None:
         """A child that never started: its fds, uid and cgroup go back."""
@@ -314,7 +337,10 @@ class Zygote:
             self._children.pop(token, None)
             self._free_uids.append(uid)
         if child is not None:
-            child.cgroup.remove()
+            try:
+                child.cgroup.remove()
+            except OSError:  # still holds a process: swept once that is gone (jail._cgroup)
+                pass
 
     def _request(self, token, uid, n_fds) -> bytes:
         ffi, _ = _native()

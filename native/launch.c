@@ -197,6 +197,10 @@ static _Noreturn void run_child(const struct jail_config *config, int sync_fd, i
     join_cgroups_child(&state);
     open_mount_sources_child(&state);
     become_sandbox_user_child(&state);
+    /* The uid change cleared the parent-death signal; our parent thread is
+     * blocked in jail_spawn until we exec or fail, so it is still there. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        child_fail(&state, JAIL_STEP_PDEATHSIG, -2);
     build_root_child(&state);
     if (sethostname(config->hostname, strlen(config->hostname)) < 0)
         child_fail(&state, JAIL_STEP_SETHOSTNAME, -1);

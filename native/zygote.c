@@ -127,9 +127,9 @@ static void take_fds_child(int report_fd, const int *fds, int n_fds, int *cgroup
 {
     int copies[JAIL_ZYGOTE_MAX_FDS];
 
-    /* Above anything we may overwrite first, then into place. */
+    /* Above the four we overwrite first, then into place. */
     for (int i = 0; i < n_fds; i++)
-        if ((copies[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 64 + JAIL_ZYGOTE_MAX_FDS)) < 0)
+        if ((copies[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, JAIL_ZYGOTE_STDIO)) < 0)
             child_fail(report_fd, JAIL_STEP_DUP_FDS, i);
     for (int i = 0; i < JAIL_ZYGOTE_STDIO; i++)
         if (dup2(copies[i], i) < 0)
@@ -210,11 +210,17 @@ static void become_sandbox_child(const struct jail_zygote_request *request, cons
     if (request->scratch_options[0] &&
         mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, request->scratch_options) < 0)
         child_fail(report_fd, JAIL_STEP_MOUNT_TMPFS, -1);
+    /* The zygote's working directory is its /tmp, now covered by ours: it must not stay the child's. */
+    if (chdir(request->scratch_options[0] ? "/tmp" : "/") < 0)
+        child_fail(report_fd, JAIL_STEP_CHDIR, -1);
     if (sethostname(request->hostname, strnlen(request->hostname, sizeof request->hostname)) < 0)
         child_fail(report_fd, JAIL_STEP_SETHOSTNAME, -1);
     if (setsid() < 0)
         child_fail(report_fd, JAIL_STEP_SETSID, -1);
     own_user_namespace_child(report_fd, proc_self, request->uid, request->inside_id);
+    /* A change of uid cleared the parent-death signal: again (the zygote waits for us, so it lives). */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        child_fail(report_fd, JAIL_STEP_PDEATHSIG, -2);
     for (int i = 0; i < request->n_rlimits; i++) {
         struct rlimit limit = {.rlim_cur = request->rlimits[i].soft, .rlim_max = request->rlimits[i].hard};
         if (setrlimit(request->rlimits[i].resource, &limit) < 0)
@@ -355,6 +361,12 @@ static void report_start(int index)
     } while (n < 0 && errno == EINTR);
     close(slot->report_fd);
     slot->report_fd = -1;
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (n == 0 && waitid(P_PIDFD, (id_t)slot->pidfd, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid != 0) {
+        n = -1; /* EOF because it died during its set-up, not because it finished it */
+        errno = ECHILD;
+    }
     if (n == 0) {
         struct jail_zygote_reply started = {.token = slot->token, .kind = JAIL_ZYGOTE_STARTED, .pid = slot->pid};
         reply(&started, slot->pidfd);
@@ -377,8 +389,16 @@ static void report_exit(int index)
     struct rusage usage;
     int status = 0;
 
-    if (wait4(slot.pid, &status, WNOHANG, &usage) != slot.pid)
+    pid_t reaped;
+    do {
+        reaped = wait4(slot.pid, &status, WNOHANG, &usage);
+    } while (reaped < 0 && errno == EINTR);
+    if (reaped == 0)
         return; /* not yet: the pidfd turns readable a moment before the zombie can be reaped */
+    if (reaped < 0) { /* gone without a status for us: report it killed */
+        status = SIGKILL;
+        memset(&usage, 0, sizeof usage);
+    }
     close(slot.pidfd);
     zygote.children[index] = zygote.children[--zygote.n_children];
     struct jail_zygote_reply exited = {
@@ -420,7 +440,7 @@ static int handle_request(void)
 /* The launcher mounted a proc for us at /proc: children write their id maps
  * through it. Unless they mount a proc of their own (which needs this one
  * visible), it leaves the tree, mount point and all: a child's / lists
- * exactly what a cold sandbox's does. */
+ * what a cold sandbox's does (its /opt also holds the fork server's file). */
 static int hide_proc(void)
 {
     zygote.proc_fd = open(PROC_DIR, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -428,11 +448,12 @@ static int hide_proc(void)
         return -1;
     if (zygote.setup.mount_proc)
         return 0;
-    if (umount2(PROC_DIR, MNT_DETACH) < 0 || mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND, NULL) < 0)
+    if (umount2(PROC_DIR, MNT_DETACH) < 0 ||
+        mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL) < 0)
         return -1;
     int removed = rmdir(PROC_DIR);
     int saved = errno;
-    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
         return -1;
     errno = saved;
     return removed;

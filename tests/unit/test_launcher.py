@@ -249,3 +249,24 @@ def test_groups_left_by_a_killed_process_are_swept_on_first_use():
     _cgroup.detect.cache_clear()
     _cgroup.detect()
     assert not any(os.path.exists(path) for path in stale)
+
+
+def test_a_sandbox_dies_with_the_thread_that_started_it():
+    """PR_SET_PDEATHSIG, which the change to the sandbox's uid clears: the
+    launcher sets it again after that change."""
+    import select
+    import threading
+
+    started = {}
+    thread = threading.Thread(target=lambda: started.update(
+        sandbox=_backends.get("native").spawn(python_spec("import time; time.sleep(30)"), (-1, -1, -1, -1))))
+    thread.start()
+    thread.join()
+    sandbox = started["sandbox"]
+    try:
+        gone = select.select([sandbox.pidfd], [], [], 10)[0]
+    finally:
+        sandbox.kill()
+        sandbox.wait()
+        sandbox.finish()
+    assert gone, "the sandbox outlived the thread that started it"
