@@ -79,9 +79,7 @@ class _Held:
             raise SandboxError(f"create cgroup: {exc}") from exc
 
     def release(self) -> Finished:
-        finished = Finished(cgroup=self.cgroup.mode, peak_memory=self.cgroup.peak_memory(),
-                            oom_killed=self.cgroup.oom_killed())
-        self.cgroup.remove()
+        finished = Finished.of(self.cgroup)
         UIDS.give_back_block(self.block, BLOCK_SIZE + 1)
         return finished
 
@@ -119,9 +117,7 @@ class ZygoteChild(Sandbox):
 
     def finish(self) -> Finished:
         try:
-            finished = Finished(cgroup=self.cgroup.mode, peak_memory=self.cgroup.peak_memory(),
-                                oom_killed=self.cgroup.oom_killed())
-            self.cgroup.remove()
+            finished = Finished.of(self.cgroup)
         finally:
             self.zygote._release(self)
         return finished

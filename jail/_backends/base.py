@@ -24,6 +24,13 @@ class Finished:
     # A backend whose own process reports "killed by signal n" as exit code base + n.
     signal_exit_base: int = None
 
+    @classmethod
+    def of(cls, cgroup, **extra) -> "Finished":
+        """What a dead sandbox's cgroup measured; the cgroup is removed."""
+        finished = cls(cgroup=cgroup.mode, peak_memory=cgroup.peak_memory(), oom_killed=cgroup.oom_killed(), **extra)
+        cgroup.remove()
+        return finished
+
 
 def privileged() -> bool:
     """True when the host process may map sandboxes to uids of its choosing."""
@@ -85,9 +92,7 @@ class Held:
             self.uid = None
 
     def release(self, **extra) -> "Finished":
-        finished = Finished(cgroup=self.cgroup.mode, peak_memory=self.cgroup.peak_memory(),
-                            oom_killed=self.cgroup.oom_killed(), **extra)
-        self.cgroup.remove()
+        finished = Finished.of(self.cgroup, **extra)
         self._give_back_uid()
         return finished
 
