@@ -10,12 +10,15 @@ A request is served warm only when the warm sandbox was made exactly as its own
 would be: the same policy and the same limits that are fixed at start (memory,
 processes, open files); the wall clock, the output and result limits are the
 host's and apply from the moment of taking, and the cpu rlimit is reset then.
-Anything else, or an empty pool, takes the cold path at once: a request never
-waits for a warm sandbox.
+Anything else takes the cold path at once. An empty pool whose sandboxes are
+forked (jail._zygote) makes a request wait up to FORK_WAIT for the fork under
+way; one whose sandboxes are spawned sends it cold at once.
 
-The refill thread spawns every warm sandbox, so it is their parent thread: it
-lives as long as the pool, and when it ends (stop()) their parent-death signal
-takes any idle one along.
+Where a zygote can serve the policy (a root server, the native backend), the
+refill thread asks it for warm sandboxes; the zygote's own thread is its
+parent. Elsewhere the refill thread spawns each one, so it is their parent
+thread: it lives as long as the pool, and when it ends (stop()) their
+parent-death signal takes any idle one along.
 """
 
 import asyncio

@@ -52,9 +52,15 @@ class Outcome:
         return self.stats.signal == signal.SIGSYS
 
 
-def _pipe():
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    return read_fd, write_fd
+def stdio_pipes(host_fds: list, child_fds: list) -> None:
+    """Four pipes for a sandbox's stdin, stdout, stderr and result fd: the
+    host's ends appended to host_fds, the sandbox's to child_fds (as they are
+    made, so that a caller can close what exists if one fails)."""
+    for direction in ("in", "out", "out", "out"):
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        host, child = (write_fd, read_fd) if direction == "in" else (read_fd, write_fd)
+        host_fds.append(host)
+        child_fds.append(child)
 
 
 @dataclasses.dataclass
@@ -97,11 +103,7 @@ def start(backend, spec, harness=False) -> Started:
     ``harness``: spec runs a language's harness (jail._sandbox.harness_spec)."""
     host_fds, child_fds = [], []
     try:
-        for direction in ("in", "out", "out", "out"):
-            read_fd, write_fd = _pipe()
-            host, child = (write_fd, read_fd) if direction == "in" else (read_fd, write_fd)
-            host_fds.append(host)
-            child_fds.append(child)
+        stdio_pipes(host_fds, child_fds)
         sandbox = backend.spawn(spec, tuple(child_fds))
     except BaseException:
         for fd in host_fds:

@@ -77,7 +77,8 @@ def build_spec(runtime, policy: Policy, limits: Limits, program: tuple) -> Sandb
 def zygote_spec(language, policy: Policy, limits: Limits, library: str) -> SandboxSpec:
     """The base sandbox of a language's zygote (jail._zygote): its harness in
     zygote mode with the fork server library, the zygote's own seccomp filter,
-    a proc (each child detaches it, or buries it under its own) and no cpu limit of its own; each child
+    a proc (for its children's id maps: the zygote detaches it, unless its
+    children mount their own over it) and no cpu limit of its own; each child
     gets ``harness_spec``'s filter and rlimits."""
     spec = harness_spec(language, policy, limits)
     proc = _runtime.Mount("proc", "/proc")

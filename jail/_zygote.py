@@ -99,12 +99,6 @@ class ZygoteChild(Sandbox):
         self.exited = threading.Event()
         self.status, self.usage = None, None
 
-    def kill(self) -> None:
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
     def wait(self):
         if not self.exited.wait(EXIT_TIMEOUT) or self.status is None:
             # The zygote is gone (its children die with its pid namespace) or stuck.
@@ -292,11 +286,7 @@ class Zygote:
             with self._lock:
                 self._children[token] = child
             join_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroup.join_files]
-            for direction in ("in", "out", "out", "out"):
-                read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-                host, inside = (write_fd, read_fd) if direction == "in" else (read_fd, write_fd)
-                host_fds.append(host)
-                child_fds.append(inside)
+            _process.stdio_pipes(host_fds, child_fds)
             socket.send_fds(self._socket, [self._request(token, uid, len(child_fds) + len(join_fds))],
                             child_fds + join_fds)
         except BaseException as exc:

@@ -6,6 +6,7 @@ fds it is given; the host side of the run (jail._process) is the same for all.
 
 import dataclasses
 import os
+import signal
 import threading
 
 import prctl
@@ -106,7 +107,12 @@ class Sandbox:
     pidfd: int
 
     def kill(self) -> None:
-        raise NotImplementedError
+        """SIGKILL through the pidfd. Where pid is the sandbox's pid 1 (native,
+        a zygote's child), its death takes every process inside with it."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     # True where pid is the interpreter itself (not a backend's own process):
     # a run may then be answered at its result (jail._process.communicate).

@@ -9,7 +9,6 @@ all of its set-up in C between clone and exec. A failed step comes back as
 import errno
 import os
 import resource
-import signal
 
 from jail._backends.base import Backend, Finished, Held, Sandbox
 from jail._errors import SandboxError
@@ -176,13 +175,6 @@ class NativeSandbox(Sandbox):
     def __init__(self, pid, pidfd, held):
         self.pid, self.pidfd, self._held = pid, pidfd, held
         self.cgroup = held.cgroup
-
-    def kill(self) -> None:
-        # pid 1 of the sandbox's pid namespace: its death takes every process inside with it.
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def finish(self) -> Finished:
         return self._held.release()
