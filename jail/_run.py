@@ -9,6 +9,7 @@ the most specific error.
 import dataclasses
 import json
 import keyword
+import math
 
 from jail import _backends, _codec, _pool, _process, _runtime, _sandbox
 from jail._errors import (ExecutionError, MemoryLimitExceeded, OutputLimitExceeded, RequestError,
@@ -149,12 +150,15 @@ def _read_outcome(outcome, limits, stdout, stderr) -> Result:
         raise _limit_error(ExecutionError, "the snippet made a forbidden system call and was killed")
     message = _message(outcome)
     if message["ok"]:
+        types = message.get("types", {})
         try:
-            output = _codec.decode(message["value"], message.get("types") or {})
-        except ValueError as exc:
+            output = _codec.decode(message["value"], types)
+        except ValueError as exc:  # a value the host cannot represent, e.g. a JavaScript date before year 1
             raise ExecutionError(f"TypeError: {exc}", name="TypeError") from None
+        except ArithmeticError:  # e.g. a decimal whose exponent no Decimal holds: no harness sends that
+            raise _tampered() from None
         return Result(output=output, stdout=stdout, stderr=stderr, stats=outcome.stats,
-                      value=message["value"], types=message.get("types") or {})
+                      value=message["value"], types=types)
     raise _execution_error(message["error"], limits)
 
 
@@ -165,15 +169,67 @@ def _message(outcome):
     if not outcome.result:
         how = f"was killed by signal {stats.signal}" if stats.signal else f"exited with code {stats.exit_code}"
         raise ExecutionError(f"ExitError: the snippet's process {how} before returning a result", name="ExitError")
-    try:
-        message = json.loads(outcome.result)
-    except ValueError:
-        message = None
     exited_cleanly = stats.exit_code == 0 or outcome.answered_at_result
-    if not (isinstance(message, dict) and isinstance(message.get("ok"), bool) and exited_cleanly
-            and (("value" in message) if message["ok"] else isinstance(message.get("error"), dict))):
-        raise ExecutionError("ResultError: the result channel was tampered with", name="ResultError")
+    message = _parse_message(outcome.result) if exited_cleanly else None
+    if message is None:
+        raise _tampered()
     return message
+
+
+def _tampered() -> ExecutionError:
+    return ExecutionError("ResultError: the result channel was tampered with", name="ResultError")
+
+
+def _finite_float(text):
+    number = float(text)
+    if math.isinf(number):  # 1e999999: no harness writes that, and no JSON answer could carry it
+        raise ValueError(f"number out of range: {text[:20]}")
+    return number
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+# The snippet may write anything on the channel before the harness does: every
+# way of parsing it must fail with ValueError (or RecursionError), none succeed
+# with what no harness writes (NaN, Infinity, a float out of range).
+_MESSAGE_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+ERROR_FIELDS = {"name": str, "message": str, "line": int, "column": int, "traceback": str}
+
+
+def _parse_message(data: bytes):
+    """The message as a harness writes it, or None for anything else (any
+    bytes at all: deep nesting, huge numbers, bad UTF-8, two messages ...)."""
+    try:
+        message = _MESSAGE_DECODER.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # ValueError: also bad UTF-8, and ints over Python's digit limit
+        return None
+    if not isinstance(message, dict) or type(message.get("ok")) is not bool:
+        return None
+    if message["ok"]:
+        return message if "value" in message and _well_formed_types(message.get("types", {})) else None
+    error = message.get("error")
+    if not isinstance(error, dict):
+        return None
+    for field, kind in ERROR_FIELDS.items():
+        value = error.get(field)
+        if value is not None and type(value) is not kind:  # type(): a bool is no line number
+            return None
+    return message
+
+
+def _well_formed_types(types) -> bool:
+    if not isinstance(types, dict):
+        return False
+    for pointer, name in types.items():
+        if not isinstance(name, str) or name not in _codec.TYPE_NAMES:
+            return False
+        try:
+            _codec.parse_pointer(pointer)
+        except ValueError:
+            return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
