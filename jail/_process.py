@@ -258,6 +258,10 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
     failure = None if buffers[out_fds[2]] else sandbox.setup_failure(bytes(buffers[out_fds[1]]), exit_code)
     if failure:
         raise SandboxError(failure)
+    if killed_by == signal.SIGKILL and not any(flags.values()):
+        lost = sandbox.lost_by_host()
+        if lost:
+            raise SandboxError(lost)
     if stats.signal == signal.SIGXCPU or (stats.signal == signal.SIGKILL and usage.ru_utime + usage.ru_stime
                                           >= limits.cpu_seconds):
         flags["timed_out"] = True

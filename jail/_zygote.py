@@ -109,6 +109,12 @@ class ZygoteChild(Sandbox):
         os.close(self.pidfd)
         return self.status, self.usage
 
+    def lost_by_host(self):
+        if not self.zygote.died():
+            return None
+        return (f"the {self.zygote.language} zygote that forked this sandbox died while it ran"
+                " (the service's fault, not the snippet's): try again")
+
     def finish(self) -> Finished:
         try:
             finished = Finished.of(self.cgroup)
@@ -157,6 +163,19 @@ class Zygote:
 
     def alive(self) -> bool:
         return not self._dead and not self._stopping
+
+    def died(self) -> bool:
+        """Whether its process has ended (its children die with it): seen at
+        once on its pidfd, before its thread has read the socket's end."""
+        if self._dead:
+            return True
+        sandbox = self.sandbox
+        if sandbox is None:
+            return False
+        try:
+            return bool(select.select([sandbox.pidfd], [], [], 0)[0])
+        except (OSError, ValueError):  # its pidfd was closed: it was reaped
+            return True
 
     def idle_child_count(self) -> int:
         with self._lock:

@@ -65,6 +65,7 @@
 #define JAIL_STEP_UNSHARE 37
 #define JAIL_STEP_FORK 38
 #define JAIL_STEP_UMOUNT_PROC 39
+#define JAIL_STEP_RENEW_FDS 40
 
 struct jail_mount {
     int kind;              /* JAIL_MOUNT_* */

@@ -30,16 +30,20 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <stdio.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,8 +63,26 @@ struct child_slot {
     int report_fd; /* while the child sets itself up: its report pipe (EOF: ready); then -1 */
 };
 
+/* An fd the runtime opened before serve() (Node: its libuv loops' epoll
+ * fds, eventfds and signal pipes, and more). A child gets a fresh object of
+ * the same kind in its place: nothing it holds is the zygote's or a sibling's. */
+enum runtime_fd_kind { RUNTIME_PIPE, RUNTIME_EVENTFD, RUNTIME_EPOLL, RUNTIME_REOPEN };
+
+struct runtime_fd {
+    int fd;
+    enum runtime_fd_kind kind;
+    int cloexec;      /* FD_CLOEXEC was set */
+    int status_flags; /* F_GETFL: access mode, O_NONBLOCK */
+    int peer;         /* RUNTIME_PIPE: the other end's fd in this process, or -1 */
+    ino_t inode;      /* RUNTIME_PIPE: the pipe, to pair its two ends */
+};
+
+#define MAX_RUNTIME_FDS 64
+
 struct zygote {
     struct jail_zygote_setup setup;
+    struct runtime_fd runtime_fds[MAX_RUNTIME_FDS];
+    int n_runtime_fds;
     struct sock_fprog filter;
     unsigned char message[sizeof(struct jail_zygote_setup) + BPF_MAX_BYTES];
     int self_pidfd;
@@ -149,6 +171,67 @@ static void take_fds_child(int report_fd, const int *fds, int n_fds, int *cgroup
     }
 }
 
+/* The runtime's fds, each replaced by a fresh object of its kind: a loop
+ * whose thread the fork did not copy keeps fds that lead nowhere, and the
+ * default loop is re-created by its runtime right after (uv_loop_fork). */
+static void replace_fd(int report_fd, int fresh, const struct runtime_fd *old)
+{
+    if (fresh < 0 || dup3(fresh, old->fd, old->cloexec ? O_CLOEXEC : 0) < 0)
+        child_fail(report_fd, JAIL_STEP_RENEW_FDS, old->fd);
+    close(fresh);
+}
+
+static void renew_runtime_fds_child(int report_fd)
+{
+    char path[32] = "self/fd/";
+
+    for (int i = 0; i < zygote.n_runtime_fds; i++) {
+        const struct runtime_fd *old = &zygote.runtime_fds[i];
+        int nonblock = old->status_flags & O_NONBLOCK;
+        if (fcntl(old->fd, F_GETFD) < 0)
+            continue; /* closed by an at-fork handler (libuv renews its signal lock pipe) */
+        switch (old->kind) {
+        case RUNTIME_EVENTFD:
+            replace_fd(report_fd, eventfd(0, EFD_CLOEXEC | (nonblock ? EFD_NONBLOCK : 0)), old);
+            break;
+        case RUNTIME_EPOLL:
+            replace_fd(report_fd, epoll_create1(EPOLL_CLOEXEC), old);
+            break;
+        case RUNTIME_REOPEN: /* a new open file description of the same file (/dev/null) */
+            path[8 + format_uint(path + 8, (unsigned long)old->fd)] = '\0';
+            replace_fd(report_fd,
+                       openat(zygote.proc_fd, path,
+                              (old->status_flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)) | O_CLOEXEC | O_NOCTTY),
+                       old);
+            break;
+        case RUNTIME_PIPE: {
+            int is_read_end = (old->status_flags & O_ACCMODE) == O_RDONLY;
+            if (!is_read_end && old->peer >= 0)
+                break; /* made with its read end */
+            int ends[2];
+            if (pipe2(ends, O_CLOEXEC) < 0)
+                child_fail(report_fd, JAIL_STEP_RENEW_FDS, old->fd);
+            const struct runtime_fd *read_end = is_read_end ? old : NULL, *write_end = is_read_end ? NULL : old;
+            if (is_read_end && old->peer >= 0)
+                for (int j = 0; j < zygote.n_runtime_fds; j++)
+                    if (zygote.runtime_fds[j].fd == old->peer)
+                        write_end = &zygote.runtime_fds[j];
+            for (int end = 0; end < 2; end++) {
+                const struct runtime_fd *into = end == 0 ? read_end : write_end;
+                if (into == NULL) { /* a lone end: its fresh peer is closed, as the zygote's was absent */
+                    close(ends[end]);
+                    continue;
+                }
+                if ((into->status_flags & O_NONBLOCK) && fcntl(ends[end], F_SETFL, O_NONBLOCK) < 0)
+                    child_fail(report_fd, JAIL_STEP_RENEW_FDS, into->fd);
+                replace_fd(report_fd, ends[end], into);
+            }
+            break;
+        }
+        }
+    }
+}
+
 static void drop_capabilities_child(int report_fd)
 {
     int which;
@@ -196,6 +279,7 @@ static void become_sandbox_child(const struct jail_zygote_request *request, cons
             child_fail(report_fd, JAIL_STEP_CGROUP, i);
         close(cgroup_fds[i]);
     }
+    renew_runtime_fds_child(report_fd);
     /* Our own /proc/PID, for the id maps; then nothing of the zygote's proc stays. */
     int proc_self = openat(zygote.proc_fd, "self", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (proc_self < 0)
@@ -437,6 +521,50 @@ static int handle_request(void)
     return in_child ? 0 : 1;
 }
 
+/* What the runtime holds above the host's four fds, before any of the
+ * zygote's own are open. An fd of any other kind stops the zygote: a child
+ * must never share an open file with it (the pool then spawns its sandboxes). */
+static int take_inventory(void)
+{
+    char link[64], path[32];
+
+    for (int fd = JAIL_ZYGOTE_STDIO; fd < 1024; fd++) {
+        int fd_flags = fcntl(fd, F_GETFD);
+        if (fd_flags < 0)
+            continue;
+        struct stat st;
+        int n = snprintf(path, sizeof path, PROC_DIR "/self/fd/%d", fd);
+        ssize_t len = n > 0 ? readlink(path, link, sizeof link - 1) : -1;
+        if (len < 0 || fstat(fd, &st) < 0 || zygote.n_runtime_fds == MAX_RUNTIME_FDS)
+            return -1;
+        link[len] = '\0';
+        struct runtime_fd *entry = &zygote.runtime_fds[zygote.n_runtime_fds];
+        *entry = (struct runtime_fd){.fd = fd, .cloexec = fd_flags & FD_CLOEXEC,
+                                     .status_flags = fcntl(fd, F_GETFL), .peer = -1, .inode = st.st_ino};
+        if (S_ISFIFO(st.st_mode))
+            entry->kind = RUNTIME_PIPE;
+        else if (strcmp(link, "anon_inode:[eventfd]") == 0)
+            entry->kind = RUNTIME_EVENTFD;
+        else if (strcmp(link, "anon_inode:[eventpoll]") == 0)
+            entry->kind = RUNTIME_EPOLL;
+        else if (S_ISCHR(st.st_mode) || S_ISREG(st.st_mode))
+            entry->kind = RUNTIME_REOPEN;
+        else {
+            dprintf(2, "zygote: fd %d (%s) is of a kind a child cannot be given afresh\n", fd, link);
+            return -1;
+        }
+        for (int i = 0; i < zygote.n_runtime_fds && entry->kind == RUNTIME_PIPE; i++) {
+            struct runtime_fd *other = &zygote.runtime_fds[i];
+            if (other->kind == RUNTIME_PIPE && other->inode == entry->inode && other->peer < 0) {
+                other->peer = fd;
+                entry->peer = other->fd;
+            }
+        }
+        zygote.n_runtime_fds++;
+    }
+    return 0;
+}
+
 /* The launcher mounted a proc for us at /proc: children write their id maps
  * through it. Unless they mount a proc of their own (which needs this one
  * visible), it leaves the tree, mount point and all: a child's / lists
@@ -473,6 +601,8 @@ int jail_zygote_serve(void)
     memcpy(&zygote.setup, zygote.message, sizeof zygote.setup);
     zygote.filter.len = (unsigned short)(n / sizeof(struct sock_filter));
     zygote.filter.filter = (struct sock_filter *)(zygote.message + sizeof zygote.setup);
+    if (take_inventory() < 0)
+        _exit(JAIL_EXIT_SETUP_FAILED);
     zygote.self_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     if (zygote.self_pidfd < 0 || hide_proc() < 0)
         _exit(JAIL_EXIT_SETUP_FAILED);
@@ -545,16 +675,42 @@ static void reseed_openssl_child(void)
     RAND_seed(seed, (int)sizeof seed);
 }
 
+/* V8's per-isolate generator seeds Math.random in every context made from
+ * now on (vm.createContext): a copy of the zygote's would give each child the
+ * same numbers. Node exports these (C++ names, called with `this` first). */
+void *v8_current_isolate(void) __asm__("_ZN2v87Isolate10GetCurrentEv");
+void *v8_isolate_random_number_generator(void *isolate) __asm__("_ZN2v88internal7Isolate23random_number_generatorEv");
+void v8_random_number_generator_set_seed(void *generator, int64_t seed) __asm__("_ZN2v84base21RandomNumberGenerator7SetSeedEl");
+#pragma weak v8_current_isolate
+#pragma weak v8_isolate_random_number_generator
+#pragma weak v8_random_number_generator_set_seed
+
+static void reseed_v8_child(void)
+{
+    int64_t seed;
+
+    if (v8_current_isolate == NULL || v8_isolate_random_number_generator == NULL ||
+        v8_random_number_generator_set_seed == NULL || getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        _exit(JAIL_EXIT_SETUP_FAILED);
+    void *isolate = v8_current_isolate();
+    void *generator = isolate ? v8_isolate_random_number_generator(isolate) : NULL;
+    if (generator == NULL)
+        _exit(JAIL_EXIT_SETUP_FAILED);
+    v8_random_number_generator_set_seed(generator, seed);
+}
+
 static napi_value serve_js(napi_env env, napi_callback_info info)
 {
     uv_loop_t *loop;
     napi_value undefined;
 
     jail_zygote_serve();
-    /* In the child: the event loop's epoll set was the zygote's; make our own. */
+    /* In the child: the default loop's epoll set, async eventfd and signal
+     * pipe are fresh but empty (renew_runtime_fds_child); make it whole again. */
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_loop_fork(loop) != 0)
         _exit(JAIL_EXIT_SETUP_FAILED);
     reseed_openssl_child();
+    reseed_v8_child();
     napi_get_undefined(env, &undefined);
     return undefined;
 }

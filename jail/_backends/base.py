@@ -118,6 +118,11 @@ class Sandbox:
     # a run may then be answered at its result (jail._process.communicate).
     answers_at_result = False
 
+    def lost_by_host(self):
+        """Why this sandbox died of the host's doing (not its snippet's), or
+        None: a zygote child dies with its zygote (jail._zygote)."""
+        return None
+
     def usage_now(self):
         """(cpu seconds so far, peak memory bytes or None, cgroup mode) of a
         sandbox that has not been reaped yet: its process's, its cgroup's."""

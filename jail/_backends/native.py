@@ -68,6 +68,7 @@ STEP_LABELS = {
     "SYNC": "wait for the parent",
     "PROTOCOL": "read the zygote's request",
     "UMOUNT_PROC": "take the zygote's proc away",
+    "RENEW_FDS": "renew the runtime's own fd",
 }
 # Known causes, as hints (bubblewrap does the same for clone).
 HINTS = {
