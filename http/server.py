@@ -17,6 +17,7 @@ import uuid
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler  # "100 Continue" (or 417 for another Expect)
 
 import jail
 from jail import _pool, _run
@@ -120,13 +121,15 @@ async def _read_json(request: web.Request, limit: int):
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(
             text=f"Content-Type must be application/json, not {request.content_type or 'missing'}")
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length,
-                                            text=f"the body is over the limit of {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body),
-                                            text=f"the body is over the limit of {limit} bytes")
+    if _over_the_limit(request, limit):
+        raise _too_large(limit, request.content_length)
+    # The whole body, however it comes (content.read(n) gives what is buffered
+    # so far); nothing past the limit is kept.
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit, len(body))
     if not body.strip():
         raise jail.RequestError("the body is empty: send a JSON object such as {\"code\": \"return 1\"}")
     try:
@@ -143,6 +146,23 @@ async def _read_json(request: web.Request, limit: int):
     if not isinstance(data, dict):
         raise jail.RequestError(f"the body must be a JSON object, not {type(data).__name__}")
     return data
+
+
+def _over_the_limit(request: web.Request, limit: int) -> bool:
+    return request.content_length is not None and request.content_length > limit
+
+
+def _too_large(limit: int, size: int) -> web.HTTPRequestEntityTooLarge:
+    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size,
+                                         text=f"the body is over the limit of {limit} bytes")
+
+
+async def _continue_unless_too_large(request: web.Request):
+    """`Expect: 100-continue`: a body announced over the limit is not asked
+    for; evaluate answers 413 (through the middleware) before it comes."""
+    if _over_the_limit(request, request.app[SETTINGS].max_body_bytes):
+        return None
+    return await _default_expect_handler(request)
 
 
 def _no_constants(name):
@@ -318,7 +338,7 @@ def create_app(settings: Settings = None) -> web.Application:
     app[SETTINGS] = settings
     app[GATE] = Gate(settings.max_concurrency, settings.queue_depth, settings.retry_after_s)
     app[METRICS] = Metrics(app[GATE])
-    app.router.add_post("/evaluate", evaluate)
+    app.router.add_post("/evaluate", evaluate, expect_handler=_continue_unless_too_large)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
