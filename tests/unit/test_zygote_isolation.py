@@ -91,6 +91,25 @@ def test_a_child_holds_no_open_file_of_its_zygote_or_a_sibling(warm, language):
             assert shared == [], f"child {child} shares with {other}: {shared}"
 
 
+def shared_mappings(pid) -> list:
+    with open(f"/proc/{pid}/maps") as f:
+        return [line.strip() for line in f if line.split()[1][3] == "s"]
+
+
+def test_no_shared_memory_mapping(warm, tmp_path):
+    """A MAP_SHARED page of the zygote would be written through by every child.
+    (The check sees one: a process of ours that maps a file shared.)"""
+    import mmap
+
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"\0" * 4096)
+    with open(probe, "r+b") as f, mmap.mmap(f.fileno(), 4096, mmap.MAP_SHARED):
+        assert shared_mappings(os.getpid())
+    for language in jail.LANGUAGES:
+        for pid in [warm.zygote_pid(language), *wait_for_idle(language, 2)]:
+            assert shared_mappings(pid) == [], (language, pid)
+
+
 # Node: every FIFO whose two ends the snippet holds (fstat: one inode on two
 # fds) gets 16 zero bytes, which a libuv loop of the zygote would read as a
 # signal record {handle: NULL, signum: 0}.
