@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 
-from jail import _backends, _sandbox
+from jail import _backends, _cgroup, _sandbox
 from jail._errors import SandboxError
 from jail._policy import DEFAULT_POLICY
 
@@ -25,12 +25,15 @@ READ_CHUNK = 65536
 class Stats:
     backend: str
     wall_ms: float
-    cpu_ms: float
+    cpu_ms: float  # every process of the run (its cgroup's accounting), else its first process's rusage
     peak_memory: int  # bytes (cgroup peak where there is one, else max RSS)
     exit_code: int  # None when killed by a signal, or answered at its result (not waited for)
     signal: int  # None when it exited
     cgroup: str  # "v1", "v2" or "none"
     warm: bool = False  # taken from the warm pool: started before the request came
+    # How the run's cpu, summed over its processes, was held to limits.cpu_seconds:
+    # "quota" (one cpu at most), "accounting" (ended once over), "rlimit" (per process only).
+    cpu_bound: str = "rlimit"
 
 
 @dataclasses.dataclass
@@ -209,6 +212,7 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         close_stdin()
     loop.add_reader(sandbox.pidfd, finish, "exited")
     timer = loop.call_later(limits.timeout_ms / 1000, over_limit, "timed_out")
+    cpu_watch = _cgroup.CpuWatch.start(loop, sandbox.cgroup, limits.cpu_seconds, lambda: over_limit("timed_out"))
 
     how = None
     try:
@@ -220,13 +224,15 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         raise SandboxError("the sandbox's output pipes stayed open after it exited")
     finally:
         timer.cancel()
+        if cpu_watch is not None:
+            cpu_watch.cancel()
         loop.remove_reader(sandbox.pidfd)
         for fd in out_fds:
             loop.remove_reader(fd)
         if stdin_fd >= 0:
             loop.remove_writer(stdin_fd)
         if how == "result":
-            cpu_seconds, peak_memory, cgroup = sandbox.usage_now()
+            cpu_seconds, peak_memory, cgroup, cpu_bound = sandbox.usage_now()
             sandbox.kill()  # now: whatever still runs in there is over; reaping can wait
             end_later(running)
         else:
@@ -236,10 +242,12 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
     if how == "result":
         stats = Stats(backend=getattr(backend, "name", "?"), wall_ms=round(wall_ms, 3),
                       cpu_ms=round(cpu_seconds * 1000, 3), peak_memory=peak_memory, exit_code=None,
-                      signal=None, cgroup=cgroup, warm=warm)
+                      signal=None, cgroup=cgroup, warm=warm, cpu_bound=cpu_bound)
         return Outcome(stdout=bytes(buffers[out_fds[0]]), stderr=bytes(buffers[out_fds[1]]),
-                       result=bytes(buffers[result_fd]), stats=stats, answered_at_result=True)
+                       result=bytes(buffers[result_fd]), stats=stats, answered_at_result=True,
+                       timed_out=cpu_seconds >= limits.cpu_seconds)
     wall_ms = (time.monotonic() - started) * 1000
+    cpu_seconds = finished.cpu_seconds if finished.cpu_seconds is not None else usage.ru_utime + usage.ru_stime
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     killed_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     base = finished.signal_exit_base
@@ -248,12 +256,13 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
     stats = Stats(
         backend=getattr(backend, "name", "?"),
         wall_ms=round(wall_ms, 3),
-        cpu_ms=round((usage.ru_utime + usage.ru_stime) * 1000, 3),
+        cpu_ms=round(cpu_seconds * 1000, 3),
         peak_memory=finished.peak_memory or usage.ru_maxrss * 1024,
         exit_code=exit_code,
         signal=killed_by,
         cgroup=finished.cgroup,
         warm=warm,
+        cpu_bound=finished.cpu_bound,
     )
     failure = None if buffers[out_fds[2]] else sandbox.setup_failure(bytes(buffers[out_fds[1]]), exit_code)
     if failure:
@@ -262,8 +271,8 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         lost = sandbox.lost_by_host()
         if lost:
             raise SandboxError(lost)
-    if stats.signal == signal.SIGXCPU or (stats.signal == signal.SIGKILL and usage.ru_utime + usage.ru_stime
-                                          >= limits.cpu_seconds):
+    # Over the cpu budget, summed over all its processes (or pid 1's own, at its rlimit): its time is up.
+    if stats.signal == signal.SIGXCPU or cpu_seconds >= limits.cpu_seconds:
         flags["timed_out"] = True
     return Outcome(
         stdout=bytes(buffers[out_fds[0]]),

@@ -24,11 +24,14 @@ class Finished:
     cgroup: str = "none"  # "v1", "v2" or "none"
     # A backend whose own process reports "killed by signal n" as exit code base + n.
     signal_exit_base: int = None
+    cpu_seconds: float = None  # of every process the sandbox had, where its cgroup accounted them
+    cpu_bound: str = "rlimit"  # jail._cgroup.Support.cpu_bound: "quota", "accounting" or "rlimit"
 
     @classmethod
     def of(cls, cgroup, **extra) -> "Finished":
         """What a dead sandbox's cgroup measured; the cgroup is removed."""
-        finished = cls(cgroup=cgroup.mode, peak_memory=cgroup.peak_memory(), oom_killed=cgroup.oom_killed(), **extra)
+        finished = cls(cgroup=cgroup.mode, peak_memory=cgroup.peak_memory(), oom_killed=cgroup.oom_killed(),
+                       cpu_seconds=cgroup.cpu_usage(), cpu_bound=cgroup.cpu_bound, **extra)
         cgroup.remove()
         return finished
 
@@ -105,6 +108,7 @@ class Sandbox:
 
     pid: int
     pidfd: int
+    cgroup = None  # its jail._cgroup.SandboxCgroup
 
     def kill(self) -> None:
         """SIGKILL through the pidfd. Where pid is the sandbox's pid 1 (native,
@@ -124,13 +128,16 @@ class Sandbox:
         return None
 
     def usage_now(self):
-        """(cpu seconds so far, peak memory bytes or None, cgroup mode) of a
-        sandbox that has not been reaped yet: its process's, its cgroup's."""
-        try:
-            with open(f"/proc/{self.pid}/schedstat") as f:
-                cpu = int(f.read().split()[0]) / 1e9
-        except (OSError, ValueError, IndexError):
-            cpu = 0.0
+        """(cpu seconds so far, peak memory bytes or None, cgroup mode, cpu
+        bound) of a sandbox that has not been reaped yet: its cgroup's (every
+        process it had), else its own process's."""
+        cpu = self.cgroup.cpu_usage()
+        if cpu is None:  # no cgroup accounting here: the interpreter's own cpu
+            try:
+                with open(f"/proc/{self.pid}/schedstat") as f:
+                    cpu = int(f.read().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                cpu = 0.0
         peak = self.cgroup.peak_memory()
         if peak is None:  # no cgroup here: the interpreter's own high-water mark
             try:
@@ -138,7 +145,7 @@ class Sandbox:
                     peak = int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) * 1024
             except (OSError, StopIteration, ValueError):
                 peak = None
-        return cpu, peak, self.cgroup.mode
+        return cpu, peak, self.cgroup.mode, self.cgroup.cpu_bound
 
     def wait(self):
         """Reaps it once it is gone: (wait status, rusage). Closes the pidfd."""

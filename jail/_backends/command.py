@@ -66,6 +66,7 @@ class CommandSandbox(Sandbox):
     def __init__(self, pid, pidfd, held, backend):
         self.pid, self.pidfd = pid, pidfd
         self._held, self._cgroup, self._backend = held, held.cgroup, backend
+        self.cgroup = held.cgroup  # read by the host side of the run (its cpu budget)
 
     def setup_failure(self, stderr: bytes, exit_code):
         if exit_code == SETUP_EXIT and stderr.startswith(b"jail: "):
