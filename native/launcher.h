@@ -66,6 +66,7 @@
 #define JAIL_STEP_FORK 38
 #define JAIL_STEP_UMOUNT_PROC 39
 #define JAIL_STEP_RENEW_FDS 40
+#define JAIL_STEP_THREADS 41
 
 struct jail_mount {
     int kind;              /* JAIL_MOUNT_* */

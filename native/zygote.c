@@ -31,6 +31,7 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -44,6 +45,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <linux/futex.h>
+#include <dirent.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -92,6 +95,30 @@ struct zygote {
 };
 
 static struct zygote zygote; /* static: nothing allocated, and not on the stack a child inherits */
+
+/* The runtime's other threads (Node: V8's workers, its delayed-task
+ * scheduler, its inspector's io thread) are not copied by a fork, but what
+ * they wait on is: a glibc condition variable keeps their places as waiters,
+ * and the child's first signal would wait for them to leave, forever (a
+ * full collection in a child posts a job to V8's workers: it hung). Before
+ * each fork the zygote checks that every other thread is blocked where it
+ * holds no lock, and finds the condition variables they wait on; the child
+ * makes those fresh (PTHREAD_COND_INITIALIZER is all zeroes). */
+#define MAX_WAITS 32
+#define CONDVAR_SIZE 48                /* glibc's pthread_cond_t, x86_64 */
+#define CONDVAR_SIGNALS_OFFSET 40      /* __g_signals[2]: where its waiters block */
+#define CONDVAR_REFS_OFFSET 16         /* __g_refs[2]: 2 per waiter of each group */
+#define CONDVAR_WREFS_OFFSET 36        /* __wrefs: 8 per waiter */
+
+struct futex_wait {
+    uintptr_t address;
+    int waiters;
+};
+
+static struct {
+    uintptr_t base[MAX_WAITS];
+    int n;
+} waited_condvars;
 
 struct failure {
     int32_t step, err, index;
@@ -232,6 +259,12 @@ static void renew_runtime_fds_child(int report_fd)
     }
 }
 
+static void renew_condvars_child(void)
+{
+    for (int i = 0; i < waited_condvars.n; i++)
+        memset((void *)waited_condvars.base[i], 0, CONDVAR_SIZE);
+}
+
 static void drop_capabilities_child(int report_fd)
 {
     int which;
@@ -271,6 +304,7 @@ static void become_sandbox_child(const struct jail_zygote_request *request, cons
     int cgroup_fds[JAIL_ZYGOTE_MAX_FDS];
     int n_cgroups = request->n_fds - JAIL_ZYGOTE_STDIO;
 
+    renew_condvars_child();
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         child_fail(report_fd, JAIL_STEP_PDEATHSIG, -1);
     take_fds_child(report_fd, fds, request->n_fds, cgroup_fds);
@@ -379,6 +413,142 @@ static void close_all(const int *fds, int n)
         close(fds[i]);
 }
 
+static ssize_t read_proc(const char *path, char *buf, size_t size)
+{
+    int fd = openat(zygote.proc_fd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n >= 0)
+        buf[n] = '\0';
+    return n;
+}
+
+static int mapped(uintptr_t address)
+{
+    unsigned char resident;
+    return mincore((void *)(address & ~(uintptr_t)4095), 1, &resident) == 0;
+}
+
+/* Whether the words at address are a glibc semaphore its waiters block on:
+ * value 0, and at least that many waiters. Left as it is: a post in a child
+ * wakes nobody, and nothing else waits on it. */
+static int is_semaphore(const struct futex_wait *wait)
+{
+    if (wait->address % 8)
+        return 0;
+    uint64_t data = *(const uint64_t *)wait->address;
+    return (uint32_t)data == 0 && (data >> 32) >= (uint64_t)wait->waiters;
+}
+
+/* The condition variable whose __g_signals[g] is at address, if its counts
+ * hold at least these waiters; 0 if it is none. */
+static uintptr_t condvar_of(const struct futex_wait *wait)
+{
+    for (int group = 0; group < 2; group++) {
+        uintptr_t base = wait->address - CONDVAR_SIGNALS_OFFSET - 4 * (uintptr_t)group;
+        if (base % 8 || !mapped(base))
+            continue;
+        uint32_t refs = *(const uint32_t *)(base + CONDVAR_REFS_OFFSET + 4 * group);
+        uint32_t wrefs = *(const uint32_t *)(base + CONDVAR_WREFS_OFFSET);
+        if ((refs >> 1) >= (uint32_t)wait->waiters && (wrefs >> 3) >= (uint32_t)wait->waiters)
+            return base;
+    }
+    return 0;
+}
+
+/* 1 when every thread but ours is blocked where it holds no lock (an event
+ * loop's wait, a sleep, a semaphore, a condition variable whose waiters are
+ * all there), with those condition variables in waited_condvars; 0 if not
+ * now (one runs, or is between waking and its lock); -1 if one waits on
+ * something else. */
+static int threads_quiet(void)
+{
+    static char entries[8192];
+    static struct futex_wait waits[MAX_WAITS];
+    char path[sizeof "self/task//syscall" + 256], line[256];
+    int n_waits = 0;
+    pid_t self = (pid_t)syscall(SYS_gettid);
+
+    int dir = openat(zygote.proc_fd, "self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return -1;
+    long got = syscall(SYS_getdents64, dir, entries, sizeof entries);
+    close(dir);
+    if (got < 0 || got == sizeof entries)
+        return -1;
+    for (long offset = 0; offset < got;) {
+        struct dirent64 *entry = (struct dirent64 *)(entries + offset);
+        offset += entry->d_reclen;
+        if (entry->d_name[0] == '.' || atoi(entry->d_name) == self)
+            continue;
+        snprintf(path, sizeof path, "self/task/%s/syscall", entry->d_name);
+        if (read_proc(path, line, sizeof line) <= 0)
+            return -1;
+        if (strncmp(line, "running", 7) == 0)
+            return 0;
+        char *end;
+        long number = strtol(line, &end, 10);
+        unsigned long address = strtoul(end, &end, 16), op = strtoul(end, &end, 16);
+        switch (number) {
+        case SYS_epoll_wait: case SYS_epoll_pwait: case SYS_epoll_pwait2: case SYS_poll: case SYS_ppoll:
+        case SYS_select: case SYS_pselect6: case SYS_nanosleep: case SYS_clock_nanosleep:
+            continue; /* an event loop or a sleep: no lock held */
+        case SYS_futex:
+            op &= ~(unsigned long)(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME);
+            if (op != FUTEX_WAIT && op != FUTEX_WAIT_BITSET)
+                return -1;
+            break;
+        default:
+            return -1;
+        }
+        int i = 0;
+        while (i < n_waits && waits[i].address != address)
+            i++;
+        if (i == MAX_WAITS)
+            return -1;
+        if (i == n_waits)
+            waits[n_waits++] = (struct futex_wait){.address = address, .waiters = 0};
+        waits[i].waiters++;
+    }
+    waited_condvars.n = 0;
+    for (int i = 0; i < n_waits; i++) {
+        uintptr_t base = condvar_of(&waits[i]);
+        if (base == 0) {
+            if (is_semaphore(&waits[i]))
+                continue;
+            return -1;
+        }
+        /* All its waiters are these threads, none on its way out (to its lock). */
+        uint32_t wrefs = *(const uint32_t *)(base + CONDVAR_WREFS_OFFSET);
+        int waiters = 0;
+        for (int j = 0; j < n_waits; j++)
+            if (waits[j].address - CONDVAR_SIGNALS_OFFSET - base < 8)
+                waiters += waits[j].waiters;
+        if ((int)(wrefs >> 3) != waiters)
+            return 0;
+        int known = 0;
+        for (int j = 0; j < waited_condvars.n; j++)
+            known |= waited_condvars.base[j] == base;
+        if (!known)
+            waited_condvars.base[waited_condvars.n++] = base;
+    }
+    return 1;
+}
+
+/* Waits (a little) for the other threads to be quiet: see waited_condvars. */
+static int await_quiet_threads(void)
+{
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        int quiet = threads_quiet();
+        if (quiet != 0)
+            return quiet > 0 ? 0 : -1;
+        poll(NULL, 0, 1);
+    }
+    return -1;
+}
+
 /* Forks the child of one request. Returns 0 in the child (sandboxed). */
 static int start_child(const struct jail_zygote_request *request, const int *fds)
 {
@@ -395,6 +565,12 @@ static int start_child(const struct jail_zygote_request *request, const int *fds
     /* The child is pid 1 of a fresh namespace: reset ours, then ask for a new one. */
     if (setns(zygote.self_pidfd, CLONE_NEWPID) < 0 || unshare(CLONE_NEWPID) < 0) {
         fail(request->token, JAIL_STEP_UNSHARE, errno, 2);
+        close(report[0]);
+        close(report[1]);
+        return 1;
+    }
+    if (await_quiet_threads() < 0) {
+        fail(request->token, JAIL_STEP_THREADS, EBUSY, -1);
         close(report[0]);
         close(report[1]);
         return 1;

@@ -69,6 +69,7 @@ STEP_LABELS = {
     "PROTOCOL": "read the zygote's request",
     "UMOUNT_PROC": "take the zygote's proc away",
     "RENEW_FDS": "renew the runtime's own fd",
+    "THREADS": "wait for the runtime's other threads to be idle",
 }
 # Known causes, as hints (bubblewrap does the same for clone).
 HINTS = {

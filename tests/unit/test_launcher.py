@@ -27,7 +27,7 @@ def python_spec(code, policy=DEFAULT_POLICY, limits=None, mounts=None):
 def test_every_step_has_a_name_and_a_message():
     report = native.ffi.new("struct jail_report *")
     spec = python_spec("pass")
-    assert len(native.STEPS) == 41  # the launcher's 36 and the zygote's 5
+    assert len(native.STEPS) == 42  # the launcher's 36 and the zygote's 6
     for step, name in native.STEPS.items():
         report.step, report.err, report.index = step, errno.EPERM, 0
         message = native.describe_failure(report, spec, ["/sys/fs/cgroup/x/cgroup.procs"])

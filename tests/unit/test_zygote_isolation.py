@@ -303,3 +303,34 @@ def test_a_run_in_flight_when_its_zygote_dies_is_a_sandbox_error(warm):
     wait_for_idle("javascript", 2)
     result = jail.run("return 6 * 7", "javascript")
     assert result.output == 42 and result.stats.warm
+
+
+# -- the runtime's other threads ------------------------------------------------------------
+
+# A full collection in a Node child posts a job to V8's worker threads, which
+# the fork did not copy: signalling their condition variable waited for them
+# forever (the run hung until its wall clock).
+GC_HEAVY_JS = ("let keep = [];\n"
+               "for (let i = 0; i < 60; i++) { keep.push(new Array(1e6).fill(i)); if (keep.length > 3) keep.shift(); }\n"
+               "return keep.length")
+
+
+def test_a_full_collection_in_a_node_child_completes(warm):
+    result = jail.run(GC_HEAVY_JS, "javascript", limits={"timeout_ms": 4000})
+    assert result.stats.warm and result.output == 3
+
+
+MEMORY_BOMBS = [
+    ("javascript", "const a = []; for (;;) a.push(Buffer.alloc(64 << 20, 1))"),
+    ("javascript", "const a = []; for (;;) a.push(new Array(1e6).fill(1.5))"),
+    ("python", "a = []\nwhile True:\n    a.append(bytearray(64 << 20))"),
+]
+
+
+@pytest.mark.parametrize("language,code", MEMORY_BOMBS)
+def test_a_memory_bomb_in_a_warm_sandbox_is_a_memory_error_at_once(warm, language, code):
+    started = time.monotonic()
+    with pytest.raises(jail.MemoryLimitExceeded) as caught:
+        jail.run(code, language, limits={"timeout_ms": 5000})
+    assert caught.value.stats.warm
+    assert time.monotonic() - started < 2.5  # not the 5 s of its wall clock
