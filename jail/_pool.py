@@ -9,10 +9,16 @@ replacement. Two snippets never share a process, a namespace, a file or a module
 A request is served warm only when the warm sandbox was made exactly as its own
 would be: the same policy and the same limits that are fixed at start (memory,
 processes, open files); the wall clock, the output and result limits are the
-host's and apply from the moment of taking, and the cpu rlimit is reset then.
-Anything else takes the cold path at once. An empty pool whose sandboxes are
-forked (jail._zygote) makes a request wait up to FORK_WAIT for the fork under
-way; one whose sandboxes are spawned sends it cold at once.
+host's and apply from the moment of taking. The cpu rlimit is made at the most
+any request may ask (the policy's maximum timeout) and lowered to the request's
+at taking: raising a hard rlimit needs CAP_SYS_RESOURCE in the initial user
+namespace, which root in a container lacks. (Other backends' sandbox pid is not
+the interpreter: their cpu rlimit stays the one they started with, so they
+serve only requests that want that one.) Anything else takes the cold path at
+once, and so does a request whose taken sandbox could not be given its cpu
+rlimit (that sandbox is discarded). An empty pool whose sandboxes are forked
+(jail._zygote) makes a request wait up to FORK_WAIT for the fork under way; one
+whose sandboxes are spawned sends it cold at once.
 
 Where a zygote can serve the policy (a root server, the native backend), the
 refill thread asks it for warm sandboxes; the zygote's own thread is its
@@ -187,7 +193,8 @@ class WarmPool:
                 self._start_refill()
             queue = self._ready.get(language)
             usable = (queue is not None and self._sizes.get(language) and policy == self._policy
-                      and _fixed_at_start(limits) == _fixed_at_start(self._policy.capped(self._policy.limits)))
+                      and _fixed_at_start(limits) == _fixed_at_start(self._policy.capped(self._policy.limits))
+                      and (policy.backend == "native" or limits.cpu_seconds == _warm_limits(policy).cpu_seconds))
             running = None
             while usable and queue and running is None:
                 candidate = queue.popleft()
@@ -195,17 +202,14 @@ class WarmPool:
                     running = candidate
                 else:
                     _discard_later(candidate)
+            if running is not None and policy.backend == "native" and not _lower_cpu_limit(running, limits):
+                _discard_later(running)
+                running = None
             self.stats.hits[language] += running is not None
             self.stats.misses[language] += count_miss and running is None and bool(self._sizes.get(language))
             if running is None or not queue:
                 self._not_before = 0.0  # empty: at once
                 self._wake.notify_all()  # else the caller's done() does, not to compete with its run
-        if running is not None and policy.backend == "native":
-            # The interpreter itself is the sandbox's pid (native): its cpu budget starts now.
-            cpu = resource.prlimit(running.sandbox.pid, resource.RLIMIT_CPU)
-            wanted = (limits.cpu_seconds, limits.cpu_seconds + 1)
-            if cpu != wanted:
-                resource.prlimit(running.sandbox.pid, resource.RLIMIT_CPU, wanted)
         return running
 
     def done(self) -> None:
@@ -252,7 +256,7 @@ class WarmPool:
         """Up to count warm sandboxes: forked by the language's zygote where one
         can serve the policy (all asked for at once), else one spawned like a
         cold one."""
-        limits = policy.capped(policy.limits)
+        limits = _warm_limits(policy)
         zygote = self._zygote(language, policy, limits)
         if zygote is not None:
             made = zygote.fork_many(count)
@@ -298,6 +302,26 @@ class WarmPool:
 
     def _missing(self):
         return next((language for language, size in self._sizes.items() if len(self._ready[language]) < size), None)
+
+
+def _warm_limits(policy):
+    """The limits warm sandboxes of policy are made with: the policy's own, but
+    (native) the cpu rlimit of the longest timeout a request may have, for
+    take() to lower, never raise."""
+    limits = policy.capped(policy.limits)
+    if policy.backend != "native":
+        return limits
+    return dataclasses.replace(limits, timeout_ms=policy.max_limits.timeout_ms)
+
+
+def _lower_cpu_limit(running, limits) -> bool:
+    """Gives a taken sandbox the request's cpu rlimit (the interpreter itself
+    is the sandbox's pid: its cpu budget starts now); False if that failed."""
+    try:
+        resource.prlimit(running.sandbox.pid, resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+    except (OSError, ValueError):  # e.g. ESRCH: it died since _alive(); EPERM: made with a lower limit
+        return False
+    return True
 
 
 def _fixed_at_start(limits):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import pytest
 
 import jail
 from host import sandbox_processes
-from jail import _pool, _process
+from jail import _cgroup, _pool, _process, _zygote
 
 
 def wait_until_full(timeout=20):
@@ -186,3 +187,118 @@ def test_node_children_run_asynchronous_apis(warm):
     pool, WebAssembly compiles, WebCrypto) must still work in a child."""
     result = jail.run(NODE_ASYNC, "javascript", limits={"timeout_ms": 5000})
     assert result.stats.warm and result.output == [1000, 0xBA, True]
+
+
+# -- the cpu rlimit of a warm sandbox ---------------------------------------------------------
+
+CPU_LIMIT = "import resource\nreturn list(resource.getrlimit(resource.RLIMIT_CPU))"
+
+
+@pytest.fixture(params=["forked", "spawned"])
+def warm_made(request, monkeypatch):
+    """A warm pool of one sandbox per language, forked by zygotes or spawned
+    (as where the server is not root)."""
+    if request.param == "spawned":
+        monkeypatch.setattr(_zygote, "unavailable_reason", lambda policy: "spawned for this test")
+    elif _zygote.unavailable_reason(jail.DEFAULT_POLICY):
+        pytest.skip(f"no zygotes here: {_zygote.unavailable_reason(jail.DEFAULT_POLICY)}")
+    jail.warm_pool(python=1, javascript=1)
+    try:
+        wait_until_full()
+        assert (_pool.POOL._zygotes.get("python") is None) == (request.param == "spawned")
+        yield _pool.POOL
+    finally:
+        jail.warm_pool()
+        _pool.POOL.zygote_off.clear()  # the next pool of this policy tries its zygotes again
+
+
+@pytest.mark.parametrize("timeout_ms", [5000, 10_000, 30_000, 60_000])
+def test_a_warm_run_gets_the_cpu_limit_of_its_own_timeout(warm_made, timeout_ms):
+    """Warm sandboxes start with the cpu rlimit of the longest timeout (30 s,
+    capped) and take lowers it: raising a hard rlimit needs a capability that
+    root in a container lacks."""
+    wanted = jail.Limits(timeout_ms=min(timeout_ms, 30_000)).cpu_seconds
+    result = jail.run(CPU_LIMIT, limits={"timeout_ms": timeout_ms})
+    assert result.stats.warm and result.output == [wanted, wanted + 1]
+    wait_until_full()
+    result = jail.run("return 1", "javascript", limits={"timeout_ms": timeout_ms})
+    assert result.stats.warm and result.output == 1
+
+
+def test_a_warm_busy_loop_still_ends_at_its_timeout(warm_made):
+    started = time.monotonic()
+    with pytest.raises(jail.TimeLimitExceeded) as caught:
+        jail.run("while True:\n    pass", limits={"timeout_ms": 1000})
+    assert caught.value.stats.warm and time.monotonic() - started < 2.5
+
+
+def _leftovers(taken, cgroup_paths) -> list:
+    """What a taken sandbox still holds on the host: its process, its cgroup, its uid."""
+    sandbox = taken.sandbox
+    held = []
+    if os.path.exists(f"/proc/{sandbox.pid}"):
+        held.append(f"process {sandbox.pid}")
+    held += [path for path in cgroup_paths if os.path.exists(path)]
+    if isinstance(sandbox, _zygote.ZygoteChild):
+        if sandbox.token in sandbox.zygote._children:  # it goes once its uid is free again
+            held.append(f"uid {sandbox.uid} of its zygote's block")
+    elif sandbox._held.uid is not None:
+        held.append(f"uid {sandbox._held.uid}")
+    return held + [f"sandbox process {pid}" for pid in sandbox_processes() if _ours(pid)]
+
+
+def _ours(pid) -> bool:
+    """In a cgroup of this process (others may run sandboxes on this host meanwhile)."""
+    if _cgroup.detect().mode == "none":
+        return True
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f"/{_cgroup.GROUP}/{os.getpid()}-" in f.read()
+    except OSError:
+        return False
+
+
+def _fail_prlimit(*args):
+    raise PermissionError(1, "Operation not permitted")
+
+
+def _die_while_idle(taken):
+    taken.sandbox.kill()
+    select.select([taken.sandbox.pidfd], [], [], 5)
+
+
+@pytest.mark.parametrize("failure", ["prlimit", "died while idle"])
+def test_a_sandbox_taken_but_not_used_is_released(warm_made, monkeypatch, failure):
+    [taken] = warm_made._ready["python"]
+    cgroup_paths = list(taken.sandbox.cgroup.paths)
+    assert cgroup_paths or _cgroup.detect().mode == "none"
+    with monkeypatch.context() as patch:
+        if failure == "prlimit":
+            patch.setattr(_pool.resource, "prlimit", _fail_prlimit)
+        else:
+            _die_while_idle(taken)
+        result = jail.run("return 1", limits={"timeout_ms": 10_000})
+    assert result.output == 1
+    assert not result.stats.warm or failure == "died while idle"  # cold, or a fork made meanwhile
+    deadline = time.monotonic() + 10
+    while (left := _leftovers(taken, cgroup_paths)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # discarded on a thread of its own; its replacement may be starting
+    assert left == []
+    wait_until_full()
+    assert jail.run("return 1").stats.warm  # the pool goes on
+
+
+def test_other_backends_serve_warm_only_requests_of_the_cpu_limit_they_started_with():
+    """bwrap's sandbox pid is not the interpreter: take cannot change its cpu rlimit."""
+    from host import available_backend
+
+    bwrap = jail.Policy(backend=available_backend("bwrap"))
+    jail.warm_pool(policy=bwrap, python=1)
+    try:
+        wait_until_full()
+        longer = jail.run(CPU_LIMIT, policy=bwrap, limits={"timeout_ms": 10_000})
+        assert not longer.stats.warm and longer.output == [11, 12]
+        result = jail.run(CPU_LIMIT, policy=bwrap)
+        assert result.stats.warm and result.output == [6, 7]
+    finally:
+        jail.warm_pool()
