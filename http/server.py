@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler  # "100 Continue" (or 417 for another Expect)
 
 import jail
-from jail import _pool, _run
+from jail import _pool, _run, _supervise
 from jail._report import error_body, result_body
 from jail_http.settings import Settings, from_args
 
@@ -98,6 +98,16 @@ class _PoolCollector:
             "refill_seconds": CounterMetricFamily("jail_pool_refill_seconds", "Time spent starting warm sandboxes",
                                                   labels=["language"]),
         }
+        errors = CounterMetricFamily("jail_background_errors", "Unexpected exceptions of background threads",
+                                     labels=["thread"])
+        for thread, count in sorted(_supervise.ERRORS.items()):
+            errors.add_metric([thread], count)
+        yield errors
+        degraded = GaugeMetricFamily("jail_degraded", "1 while a part is degraded (named in /readyz)",
+                                     labels=["part"])
+        for part in _supervise.degraded():
+            degraded.add_metric([part], 1)
+        yield degraded
         ready = GaugeMetricFamily("jail_pool_ready", "Warm sandboxes ready now", labels=["language"])
         for language in jail.LANGUAGES:
             for name, family in families.items():
@@ -312,7 +322,12 @@ async def healthz(request):
 
 
 async def readyz(request):
-    """Ready when a real sandbox runs a trivial snippet on this host."""
+    """Ready when nothing is degraded (a background thread that failed just
+    now, a pool that does not refill, a reaper behind, a zygote down: each
+    named) and a real sandbox runs a trivial snippet on this host."""
+    degraded = _supervise.degraded()
+    if degraded:
+        return web.json_response({"status": "degraded", "degraded": degraded}, status=503)
     try:
         result = await jail.run_async("return 1", policy=request.app[SETTINGS].policy)
     except jail.JailError as exc:

@@ -37,7 +37,7 @@ import select
 import threading
 import time
 
-from jail import _backends, _process, _runtime, _sandbox, _zygote
+from jail import _backends, _process, _runtime, _sandbox, _supervise, _zygote
 
 LANGUAGES = tuple(_runtime.LANGUAGES)
 
@@ -46,7 +46,9 @@ DEFAULT_SIZE = 4  # warm sandboxes per language unless JAIL_POOL_<LANGUAGE> says
 # How long a request waits for a forked sandbox when the pool is empty: a few
 # forks' time, and far below a cold start (25 ms and more on these machines).
 FORK_WAIT = 0.010
-ZYGOTE_RETRY = 30.0  # seconds after a zygote failed before a new one is tried
+ZYGOTE_RETRY = 5.0  # seconds after a zygote failed before a new one is tried
+STALLED = 5.0  # seconds a pool may stay short of its size without making a sandbox before it counts as degraded
+STOP_TIMEOUT = 5.0  # seconds stop() waits in all for the refill thread, the reaper and the zygotes
 
 
 def _sizes_from_environment() -> dict:
@@ -82,7 +84,10 @@ class WarmPool:
         self._zygote_retry = {}  # language -> when a zygote that failed may be tried again
         self._thread = None
         self._stopping = False
+        self._short_since = {}  # language -> when it last went short of its size (while short)
+        self._last_made = {}  # language -> when a refill last added sandboxes
         self.stats = PoolStats()
+        _supervise.watch("warm pool", self.degraded)
 
     def configure(self, sizes: dict, policy, on_first_use=False) -> None:
         """Keeps sizes[language] warm sandboxes of policy; 0 everywhere stops the
@@ -120,17 +125,22 @@ class WarmPool:
         """(with the lock) The refill thread, unless it runs."""
         if self._thread is None or not self._thread.is_alive():
             self._stopping = False
-            self._thread = threading.Thread(target=self._refill, name="jail-warm-pool", daemon=True)
-            self._thread.start()
+            self._thread = _supervise.start("jail-warm-pool", self._refill, stopped=lambda: self._stopping)
 
-    def stop(self) -> None:
+    def stop(self, timeout=STOP_TIMEOUT) -> None:
+        """Ends the refill thread and the idle sandboxes, and stops the zygotes
+        (each ends once its last child, a run in flight, is gone); waits at
+        most timeout seconds in all: whatever is left then dies with this
+        process (every sandbox's parent-death signal)."""
+        deadline = time.monotonic() + timeout
+        remaining = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
         with self._lock:
             self._stopping = True
             self._dormant = {}
             self._wake.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(remaining())
         with self._lock:
             idle = [running for queue in self._ready.values() for running in queue]
             for queue in self._ready.values():
@@ -138,13 +148,33 @@ class WarmPool:
             zygotes = list(self._zygotes.values())
             self._zygotes.clear()
         for started in idle:
-            started.discard()
-        _process.settle()
+            _process.end_later(started)
+        _process.settle(remaining())
         for zygote in zygotes:
             zygote.stop()  # each ends once its last child (a run in flight) is gone
         for zygote in zygotes:
             if not zygote.idle_child_count():
-                zygote.join(_zygote.EXIT_TIMEOUT)
+                zygote.join(remaining())
+
+    def degraded(self):
+        """Why the pool is degraded now, or None: a language short of its
+        size that has made no sandbox for STALLED seconds, or whose zygote
+        failed where one should serve it."""
+        now = time.monotonic()
+        problems = []
+        with self._lock:
+            for language, size in self._sizes.items():
+                ready = len(self._ready[language])
+                if not size or ready >= size or self._stopping:
+                    continue
+                since = max(self._short_since.get(language, now), self._last_made.get(language, 0.0))
+                if now - since >= STALLED:
+                    problems.append(f"{language}: {ready} of {size} warm sandboxes ready, none made for "
+                                    f"{now - since:.1f} s")
+            for language, reason in self.zygote_off.items():
+                if self._sizes.get(language) and _zygote.unavailable_reason(self._policy) is None:
+                    problems.append(f"{language}: {reason}; warm sandboxes are spawned, not forked")
+        return "; ".join(problems) or None
 
     def size(self, language) -> int:
         return self._sizes.get(language, 0)
@@ -205,6 +235,8 @@ class WarmPool:
             if running is not None and policy.backend == "native" and not _lower_cpu_limit(running, limits):
                 _discard_later(running)
                 running = None
+            if running is not None:
+                self._short_since.setdefault(language, time.monotonic())
             self.stats.hits[language] += running is not None
             self.stats.misses[language] += count_miss and running is None and bool(self._sizes.get(language))
             if running is None or not queue:
@@ -233,10 +265,12 @@ class WarmPool:
                     continue
                 count = self._sizes[language] - len(self._ready[language])
                 policy = self._policy
+                self._short_since.setdefault(language, time.monotonic())
             started_at = time.monotonic()
             try:
                 made = self._make(language, policy, count)
-            except Exception:  # the cold path will report it to a caller; do not spin
+            except Exception as exc:  # logged and counted; the cold path reports it to callers; do not spin
+                _supervise.failed("jail-warm-pool", exc)
                 time.sleep(1)
                 continue
             if not made:
@@ -246,6 +280,10 @@ class WarmPool:
                     stale = made
                 else:
                     self._ready[language].extend(made)
+                    if made:
+                        self._last_made[language] = time.monotonic()
+                    if len(self._ready[language]) >= self._sizes.get(language, 0):
+                        self._short_since.pop(language, None)
                     self.stats.refills[language] += len(made)
                     self.stats.refill_seconds[language] += time.monotonic() - started_at
                     stale = []
@@ -334,7 +372,7 @@ def _alive(running) -> bool:
 
 
 def _discard_later(running) -> None:
-    threading.Thread(target=running.discard, daemon=True).start()
+    _process.end_later(running)  # the reaper ends it, off the caller's path
 
 
 POOL = WarmPool()

@@ -8,13 +8,14 @@ cgroup outlives the run.
 
 import asyncio
 import atexit
+import collections
 import dataclasses
 import os
 import signal
 import threading
 import time
 
-from jail import _backends, _cgroup, _sandbox
+from jail import _backends, _cgroup, _sandbox, _supervise
 from jail._errors import SandboxError
 from jail._policy import DEFAULT_POLICY
 
@@ -93,8 +94,11 @@ class Started:
             if fd >= 0:
                 os.close(fd)
         self.host_fds = [-1] * len(self.host_fds)
-        status, usage = self.sandbox.wait()
-        return status, usage, self.sandbox.finish()
+        try:
+            status, usage = self.sandbox.wait()
+        finally:  # its uid and cgroup go back even if the wait failed
+            finished = self.sandbox.finish()
+        return status, usage, finished
 
     def discard(self) -> None:
         """Ends a sandbox that will not be used."""
@@ -293,19 +297,21 @@ SETTLE = 0.003
 
 class _Reaper:
     """Ends sandboxes that answered at their result (kill, reap, release
-    their uid and cgroup) on one thread of its own, in order."""
+    their uid and cgroup) on one supervised thread of its own, in order."""
+
+    BEHIND = 2.0  # seconds a sandbox may wait past its due time before the reaper counts as behind
 
     def __init__(self):
         self._lock = threading.Condition()
-        self._queue = []
+        self._queue = collections.deque()  # (due, Started), due times in order
         self._thread = None
+        _supervise.watch("reaper", self.behind)
 
     def end_later(self, running: Started) -> None:
         with self._lock:
             self._queue.append((time.monotonic() + SETTLE, running))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="jail-reaper", daemon=True)
-                self._thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = _supervise.start("jail-reaper", self._run)
             self._lock.notify_all()
 
     def _run(self) -> None:
@@ -314,18 +320,31 @@ class _Reaper:
                 while not self._queue:
                     self._lock.wait()
                 due, running = self._queue[0]
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             try:
                 running.end()
-            except Exception:  # pragma: no cover - end() only fails on a broken host
-                pass
-            with self._lock:
-                self._queue.pop(0)
-                self._lock.notify_all()
+            except Exception as exc:  # this sandbox's end failed (a broken host): logged, counted, next
+                _supervise.failed("jail-reaper", exc)
+            finally:
+                with self._lock:
+                    self._queue.popleft()
+                    self._lock.notify_all()
+
+    def behind(self):
+        """Why the reaper is degraded (sandboxes waiting long past their due time), or None."""
+        with self._lock:
+            if not self._queue:
+                return None
+            late = time.monotonic() - self._queue[0][0]
+            count = len(self._queue)
+        if late < self.BEHIND:
+            return None
+        return f"{count} sandboxes wait to be reaped, the oldest {late:.1f} s past its time"
 
     def settle(self, timeout=10) -> bool:
-        """Waits until every sandbox handed over has been ended."""
+        """Waits until every sandbox handed over has been ended (at most timeout s)."""
         with self._lock:
             return self._lock.wait_for(lambda: not self._queue, timeout)
 
@@ -333,7 +352,7 @@ class _Reaper:
 _reaper = _Reaper()
 end_later = _reaper.end_later
 settle = _reaper.settle
-atexit.register(settle)
+atexit.register(settle, 2.0)  # bounded: an exit never waits long for a stuck reap
 
 
 class _ThreadLoop:

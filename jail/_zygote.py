@@ -26,7 +26,7 @@ import socket
 import threading
 import types
 
-from jail import _backends, _cgroup, _process, _sandbox
+from jail import _backends, _cgroup, _process, _sandbox, _supervise
 from jail._backends.base import UIDS, Finished, Sandbox, privileged
 from jail._errors import SandboxError
 
@@ -208,8 +208,13 @@ class Zygote:
         self._ready.set()
         try:
             self._read_replies()
+        except Exception as exc:  # logged and counted; the zygote ends, and the pool makes a new one
+            _supervise.failed(self._thread.name, exc)
         finally:
-            self._end(log_read)
+            try:
+                self._end(log_read)
+            except Exception as exc:
+                _supervise.failed(self._thread.name, exc)
 
     def _read_replies(self) -> None:
         ffi, lib = _native()
