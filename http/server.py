@@ -92,8 +92,12 @@ class _PoolCollector:
         pool, stats = _pool.POOL, _pool.POOL.stats
         families = {
             "hits": CounterMetricFamily("jail_pool_hits", "Requests served by a warm sandbox", labels=["language"]),
-            "misses": CounterMetricFamily("jail_pool_misses", "Requests that went cold with the pool on",
+            "misses": CounterMetricFamily("jail_pool_misses", "Requests that found no warm sandbox ready",
                                           labels=["language"]),
+            "cold": CounterMetricFamily("jail_pool_cold", "Requests that went cold with the pool on",
+                                        labels=["language"]),
+            "wait_seconds": CounterMetricFamily("jail_pool_wait_seconds", "Time requests waited for a fork",
+                                                labels=["language"]),
             "refills": CounterMetricFamily("jail_pool_refills", "Warm sandboxes started", labels=["language"]),
             "refill_seconds": CounterMetricFamily("jail_pool_refill_seconds", "Time spent starting warm sandboxes",
                                                   labels=["language"]),
@@ -109,12 +113,16 @@ class _PoolCollector:
             degraded.add_metric([part], 1)
         yield degraded
         ready = GaugeMetricFamily("jail_pool_ready", "Warm sandboxes ready now", labels=["language"])
+        size = GaugeMetricFamily("jail_pool_size", "Warm sandboxes the pool keeps now (grows under load)",
+                                 labels=["language"])
         for language in jail.LANGUAGES:
             for name, family in families.items():
                 family.add_metric([language], getattr(stats, name)[language])
             ready.add_metric([language], len(pool.idle_pids_of(language)))
+            size.add_metric([language], pool.size(language))
         yield from families.values()
         yield ready
+        yield size
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -366,7 +374,8 @@ async def _warm_pool(app):
     """Started and stopped with the service."""
     settings = app[SETTINGS]
     if settings.pool_python or settings.pool_javascript:
-        _pool.configure(settings.policy, python=settings.pool_python, javascript=settings.pool_javascript)
+        _pool.configure(settings.policy, python=settings.pool_python, javascript=settings.pool_javascript,
+                        max_size=settings.pool_max)
     yield
     if settings.pool_python or settings.pool_javascript:
         _pool.configure(settings.policy)

@@ -29,12 +29,14 @@ class Settings:
     # Warm sandboxes kept ready per language (0: off, every request starts its own).
     pool_python: int = jail_pool.DEFAULT_SIZE
     pool_javascript: int = jail_pool.DEFAULT_SIZE
+    # What each may grow to while the load needs more (forked pools only); idle, it shrinks back.
+    pool_max: int = jail_pool.DEFAULT_MAX_SIZE
 
     def __post_init__(self):
         for name in ("port", "max_body_bytes", "max_concurrency", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("queue_depth", "pool_python", "pool_javascript"):
+        for name in ("queue_depth", "pool_python", "pool_javascript", "pool_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, not {getattr(self, name)}")
         self.policy  # checks the caps
@@ -62,6 +64,7 @@ OPTIONS = {
     "backend": ("JAIL_BACKEND", str, "sandbox backend: native (default), bwrap or nsjail"),
     "pool_python": ("JAIL_POOL_PYTHON", int, "warm Python sandboxes kept ready (default 4; 0: off)"),
     "pool_javascript": ("JAIL_POOL_JAVASCRIPT", int, "warm JavaScript sandboxes kept ready (default 4; 0: off)"),
+    "pool_max": ("JAIL_POOL_MAX", int, "what each language's pool may grow to under load (default 16)"),
 }
 
 

@@ -43,12 +43,26 @@ LANGUAGES = tuple(_runtime.LANGUAGES)
 
 
 DEFAULT_SIZE = 4  # warm sandboxes per language unless JAIL_POOL_<LANGUAGE> says otherwise
-# How long a request waits for a forked sandbox when the pool is empty: a few
-# forks' time, and far below a cold start (25 ms and more on these machines).
-FORK_WAIT = 0.010
+DEFAULT_MAX_SIZE = 16  # what the size may grow to under load, unless JAIL_POOL_MAX says otherwise
+# How long a request waits for the next forked sandbox when the pool is empty:
+# a fork is ready in milliseconds, and a cold start costs 25-100 ms of cpu that
+# a loaded host has least of (it would slow the forks too). Longer than this,
+# the zygote is stuck: the request goes cold.
+FORK_WAIT = 1.0
+GROW_FACTOR = 1.5  # a miss makes the size this much larger (at least one more), up to the maximum
+SHRINK_AFTER = 30.0  # seconds without a miss after which an idle pool gives back one sandbox ...
+SHRINK_EVERY = 5.0  # ... and one more every this many seconds, down to its configured size
 ZYGOTE_RETRY = 5.0  # seconds after a zygote failed before a new one is tried
 STALLED = 5.0  # seconds a pool may stay short of its size without making a sandbox before it counts as degraded
 STOP_TIMEOUT = 5.0  # seconds stop() waits in all for the refill thread, the reaper and the zygotes
+
+
+def _max_size_from_environment() -> int:
+    text = os.environ.get("JAIL_POOL_MAX", str(DEFAULT_MAX_SIZE))
+    try:
+        return max(0, int(text))
+    except ValueError:
+        raise ValueError(f"JAIL_POOL_MAX={text!r} is not a whole number") from None
 
 
 def _sizes_from_environment() -> dict:
@@ -65,7 +79,10 @@ def _sizes_from_environment() -> dict:
 @dataclasses.dataclass
 class PoolStats:
     hits: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Found no warm sandbox ready: served by the next fork (waited) or cold.
     misses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    cold: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # of those, went cold
+    wait_seconds: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # summed
     refills: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     refill_seconds: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # summed
 
@@ -75,7 +92,12 @@ class WarmPool:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._ready = {language: collections.deque() for language in LANGUAGES}
-        self._sizes = dict.fromkeys(LANGUAGES, 0)
+        self._sizes = dict.fromkeys(LANGUAGES, 0)  # now: between the configured size and max_size
+        self._configured = dict.fromkeys(LANGUAGES, 0)
+        self.max_size = DEFAULT_MAX_SIZE
+        self._last_miss = {}  # language -> when a request last found it empty
+        self._last_shrink = {}
+        self._waiters = {language: [] for language in LANGUAGES}  # (loop, future) of requests waiting for a fork
         self._dormant = {}  # language -> size, kept from the first request in that language on
         self._not_before = 0.0  # monotonic time before which refills wait, if the pool is not empty
         self._policy = None
@@ -89,10 +111,13 @@ class WarmPool:
         self.stats = PoolStats()
         _supervise.watch("warm pool", self.degraded)
 
-    def configure(self, sizes: dict, policy, on_first_use=False) -> None:
-        """Keeps sizes[language] warm sandboxes of policy; 0 everywhere stops the
-        pool. ``on_first_use``: a language's sandboxes are started when the first
+    def configure(self, sizes: dict, policy, on_first_use=False, max_size=None) -> None:
+        """Keeps sizes[language] warm sandboxes of policy, more under load (up
+        to max_size, where a zygote forks them); 0 everywhere stops the pool.
+        ``on_first_use``: a language's sandboxes are started when the first
         request in that language comes (which goes cold), not now."""
+        if max_size is not None:
+            self.max_size = max_size
         if on_first_use:
             with self._lock:
                 self._policy = policy
@@ -111,6 +136,7 @@ class WarmPool:
                 self._zygote_retry.clear()
             self._policy = policy
             self._sizes.update({language: int(size) for language, size in sizes.items()})
+            self._configured.update({language: int(size) for language, size in sizes.items()})
             if any(self._sizes.values()):
                 self._start_refill()
             self._wake.notify_all()
@@ -177,6 +203,7 @@ class WarmPool:
         return "; ".join(problems) or None
 
     def size(self, language) -> int:
+        """Its size now: the configured one, or more while the load needs it."""
         return self._sizes.get(language, 0)
 
     def idle_pids(self) -> list:
@@ -195,20 +222,59 @@ class WarmPool:
             return [running.sandbox.pid for running in self._ready.get(language, ())]
 
     async def take_async(self, language, policy, limits):
-        """take(), but when the pool is empty and its sandboxes are forked (a
-        zygote serves it), wait up to FORK_WAIT for the one being made: a fork
-        is ready within milliseconds, where a cold start costs tens of them
-        (of cpu too, which a loaded host has least of)."""
+        """take(), but when the pool is empty and a zygote forks its sandboxes,
+        wait for the next one (up to FORK_WAIT) rather than go cold: a fork is
+        ready in milliseconds, a cold start costs tens of them of the cpu the
+        forks need. A miss also makes the pool larger (up to max_size)."""
         running = self.take(language, policy, limits, count_miss=False)
-        if running is None and self._forking(language, policy):
-            deadline = time.monotonic() + FORK_WAIT
-            while running is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.0005)
-                running = self.take(language, policy, limits, count_miss=False)
-        if running is None:
+        if running is not None or not self._usable(language, policy, limits):
+            return running
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        deadline = started + FORK_WAIT
+        self._missed(language)
+        while running is None and self._forking(language, policy) and time.monotonic() < deadline:
+            ready = loop.create_future()
+            waiter = (loop, ready)
             with self._lock:
-                self.stats.misses[language] += bool(self._sizes.get(language))
+                self._waiters[language].append(waiter)
+                self._not_before = 0.0
+                self._wake.notify_all()
+            try:
+                await asyncio.wait_for(ready, max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    if waiter in self._waiters[language]:
+                        self._waiters[language].remove(waiter)
+            running = self.take(language, policy, limits, count_miss=False)
+        with self._lock:
+            self.stats.wait_seconds[language] += time.monotonic() - started
+            self.stats.cold[language] += running is None
         return running
+
+    def _usable(self, language, policy, limits) -> bool:
+        """Whether this pool's sandboxes are made as this request's would be."""
+        with self._lock:
+            return bool(self._sizes.get(language)) and policy == self._policy and _fits(limits, policy)
+
+    def _missed(self, language) -> None:
+        """A request found no sandbox ready: count it, and grow the size."""
+        with self._lock:
+            self.stats.misses[language] += 1
+            self._last_miss[language] = time.monotonic()
+            size = self._sizes.get(language, 0)
+            if size and self._zygotes.get(language) is not None:  # spawned pools keep their size
+                self._sizes[language] = max(size, min(self.max_size, max(size + 1, int(size * GROW_FACTOR))))
+            self._not_before = 0.0
+            self._wake.notify_all()
+
+    def _wake_waiters(self, language) -> None:
+        """(with the lock) Requests waiting for a fork look again."""
+        for loop, ready in self._waiters[language]:
+            loop.call_soon_threadsafe(_resolve, ready)
+        self._waiters[language] = []
 
     def _forking(self, language, policy) -> bool:
         with self._lock:
@@ -219,12 +285,11 @@ class WarmPool:
         """A warm sandbox made as this request's would be, or None (go cold)."""
         with self._lock:
             if language in self._dormant and policy == self._policy:
-                self._sizes[language] = self._dormant.pop(language)
+                self._sizes[language] = self._configured[language] = self._dormant.pop(language)
                 self._start_refill()
             queue = self._ready.get(language)
             usable = (queue is not None and self._sizes.get(language) and policy == self._policy
-                      and _fixed_at_start(limits) == _fixed_at_start(self._policy.capped(self._policy.limits))
-                      and (policy.backend == "native" or limits.cpu_seconds == _warm_limits(policy).cpu_seconds))
+                      and _fits(limits, policy))
             running = None
             while usable and queue and running is None:
                 candidate = queue.popleft()
@@ -238,7 +303,9 @@ class WarmPool:
             if running is not None:
                 self._short_since.setdefault(language, time.monotonic())
             self.stats.hits[language] += running is not None
-            self.stats.misses[language] += count_miss and running is None and bool(self._sizes.get(language))
+            if count_miss and running is None and usable:
+                self.stats.misses[language] += 1
+                self.stats.cold[language] += 1
             if running is None or not queue:
                 self._not_before = 0.0  # empty: at once
                 self._wake.notify_all()  # else the caller's done() does, not to compete with its run
@@ -255,7 +322,11 @@ class WarmPool:
         while True:
             with self._lock:
                 while not self._stopping and not self._missing():
-                    self._wake.wait()
+                    shrunk = self._shrink_idle()
+                    for running in shrunk:
+                        _process.end_later(running)
+                    if not shrunk:
+                        self._wake.wait(SHRINK_EVERY)
                 if self._stopping:
                     return
                 language = self._missing()
@@ -280,6 +351,7 @@ class WarmPool:
                     stale = made
                 else:
                     self._ready[language].extend(made)
+                    self._wake_waiters(language)
                     if made:
                         self._last_made[language] = time.monotonic()
                     if len(self._ready[language]) >= self._sizes.get(language, 0):
@@ -338,6 +410,25 @@ class WarmPool:
             zygote.stop()
         return None
 
+    def _shrink_idle(self) -> list:
+        """(with the lock) A language grown past its configured size, with no
+        miss for SHRINK_AFTER seconds, gives back one sandbox every
+        SHRINK_EVERY seconds: the ones it gives back (to be ended)."""
+        now = time.monotonic()
+        given = []
+        for language, size in self._sizes.items():
+            if size <= self._configured.get(language, 0):
+                continue
+            if now - self._last_miss.get(language, 0.0) < SHRINK_AFTER:
+                continue
+            if now - self._last_shrink.get(language, 0.0) < SHRINK_EVERY:
+                continue
+            self._sizes[language] = size - 1
+            self._last_shrink[language] = now
+            if len(self._ready[language]) > self._sizes[language]:
+                given.append(self._ready[language].pop())
+        return given
+
     def _missing(self):
         return next((language for language, size in self._sizes.items() if len(self._ready[language]) < size), None)
 
@@ -360,6 +451,18 @@ def _lower_cpu_limit(running, limits) -> bool:
     except (OSError, ValueError):  # e.g. ESRCH: it died since _alive(); EPERM: made with a lower limit
         return False
     return True
+
+
+def _fits(limits, policy) -> bool:
+    """Whether a warm sandbox of policy serves limits: what is fixed at its
+    start is the same (the cpu limit only lowers, on the native backend)."""
+    return (_fixed_at_start(limits) == _fixed_at_start(policy.capped(policy.limits))
+            and (policy.backend == "native" or limits.cpu_seconds == _warm_limits(policy).cpu_seconds))
+
+
+def _resolve(future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _fixed_at_start(limits):
@@ -392,13 +495,14 @@ def default_pool() -> WarmPool:
 
         sizes = _sizes_from_environment()
         if any(sizes.values()):
-            POOL.configure(sizes, DEFAULT_POLICY, on_first_use=True)
+            POOL.configure(sizes, DEFAULT_POLICY, on_first_use=True, max_size=_max_size_from_environment())
     return POOL
 
 
-def configure(policy=None, **sizes) -> None:
+def configure(policy=None, *, max_size=None, **sizes) -> None:
     """jail.warm_pool(python=2, javascript=2): sandboxes of policy kept warm
-    for jail.run and run_async in this process; all 0 turns the pool off."""
+    for jail.run and run_async in this process, more under load (up to
+    max_size each, default 16 or JAIL_POOL_MAX); all 0 turns the pool off."""
     global _configured
     from jail._policy import DEFAULT_POLICY
 
@@ -408,5 +512,8 @@ def configure(policy=None, **sizes) -> None:
     for language, size in sizes.items():
         if type(size) is not int or size < 0:
             raise ValueError(f"warm_pool({language}=...) must be a whole number, not {size!r}")
+    if max_size is not None and (type(max_size) is not int or max_size < 0):
+        raise ValueError(f"warm_pool(max_size=...) must be a whole number, not {max_size!r}")
     _configured = True
-    POOL.configure({**dict.fromkeys(LANGUAGES, 0), **sizes}, policy or DEFAULT_POLICY)
+    POOL.configure({**dict.fromkeys(LANGUAGES, 0), **sizes}, policy or DEFAULT_POLICY,
+                   max_size=_max_size_from_environment() if max_size is None else max_size)

@@ -1,5 +1,6 @@
 """The warm pool: single-use sandboxes started ahead of demand."""
 
+import asyncio
 import json
 import os
 import select
@@ -67,19 +68,46 @@ def test_a_request_unlike_the_warm_sandboxes_goes_cold_at_once(warm):
     assert 0.6 < time.monotonic() - started < 1.7
 
 
-@pytest.mark.parametrize("fork_wait", [0.0, _pool.FORK_WAIT])
-def test_an_empty_pool_waits_at_most_for_a_fork(monkeypatch, fork_wait):
-    """Faster than the pool refills: with no wait some go cold; with the wait
-    for a fork (10 ms, far below a cold start) every request is served warm or
-    goes cold once it is over."""
-    monkeypatch.setattr(_pool, "FORK_WAIT", fork_wait)
-    jail.warm_pool(python=1)
+def test_an_empty_forked_pool_makes_a_request_wait_for_the_next_fork_and_grows():
+    """Faster than the pool refills: a request that finds it empty waits for
+    the next fork (milliseconds) instead of starting cold (tens of ms of the
+    cpu the forks need), and the pool grows to keep up."""
+    jail.warm_pool(python=1, max_size=3)
     try:
         wait_until_full()
-        before = _pool.POOL.stats.hits["python"] + _pool.POOL.stats.misses["python"]
-        for _ in range(5):
-            assert jail.run("return 1").output == 1
-        assert _pool.POOL.stats.misses["python"] + _pool.POOL.stats.hits["python"] == before + 5
+        stats = _pool.POOL.stats
+        before = (stats.hits["python"], stats.misses["python"], stats.cold["python"])
+
+        async def burst():
+            return await asyncio.gather(*(jail.run_async("return 1") for _ in range(6)))
+
+        results = _process.run_sync(burst())
+        assert [r.output for r in results] == [1] * 6
+        assert all(r.stats.warm for r in results)  # none went cold
+        assert stats.cold["python"] == before[2]
+        assert stats.misses["python"] > before[1]  # the burst found it empty ...
+        assert stats.hits["python"] == before[0] + 6
+        assert _pool.POOL.size("python") == 3  # ... and it grew, up to its maximum
+    finally:
+        jail.warm_pool()
+
+
+def test_a_grown_pool_shrinks_back_when_idle(monkeypatch):
+    monkeypatch.setattr(_pool, "SHRINK_AFTER", 0.2)
+    monkeypatch.setattr(_pool, "SHRINK_EVERY", 0.1)
+    jail.warm_pool(python=1, max_size=4)
+    try:
+        wait_until_full()
+        async def burst():
+            return await asyncio.gather(*(jail.run_async("return 1") for _ in range(4)))
+
+        _process.run_sync(burst())
+        assert _pool.POOL.size("python") > 1
+        deadline = time.monotonic() + 10
+        while (_pool.POOL.size("python") > 1 or len(_pool.POOL.idle_pids_of("python")) > 1) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _pool.POOL.size("python") == 1 and len(_pool.POOL.idle_pids_of("python")) == 1
     finally:
         jail.warm_pool()
 
