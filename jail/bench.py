@@ -2,6 +2,7 @@
 
     make bench                       # or: python -m jail.bench [--runs N] [--json FILE]
     python -m jail.bench --launcher  # what the launcher adds to /usr/bin/env, python -c, node -e
+    python -m jail.bench --load      # the service under hey at 1..64 connections: runs/s, p50/p99, pool misses
 
 For each language and each backend present, and for native's warm pool
 ("native-warm", the default pool: 4 per language, forked from zygotes): the bare interpreter's
@@ -90,13 +91,16 @@ def rate(call, runs: int, callers: int) -> float:
 class Server:
     """python -m jail_http on a free loopback port, for one backend."""
 
-    def __init__(self, backend):
+    def __init__(self, backend, as_by_default=False):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        env = dict(os.environ, JAIL_BACKEND=backend.split("-")[0], JAIL_MAX_CONCURRENCY="2")
-        pool = str(WARM_POOL) if backend == WARM else "0"  # every other column is cold
-        env.update(JAIL_POOL_PYTHON=pool, JAIL_POOL_JAVASCRIPT=pool)
+        if as_by_default:  # the README's way: no setting at all
+            env = {k: v for k, v in os.environ.items() if not k.startswith("JAIL_")}
+        else:
+            env = dict(os.environ, JAIL_BACKEND=backend.split("-")[0], JAIL_MAX_CONCURRENCY="2")
+            pool = str(WARM_POOL) if backend == WARM else "0"  # every other column is cold
+            env.update(JAIL_POOL_PYTHON=pool, JAIL_POOL_JAVASCRIPT=pool)
         self.process = subprocess.Popen([sys.executable, "-m", "jail_http", "--port", str(self.port)], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -286,16 +290,99 @@ def measure_launcher(runs: int):
     return rows
 
 
+LOAD_LEVELS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def scrape(port) -> dict:
+    """The service's /metrics as {"name{labels}": value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def hey(port, language, connections, seconds) -> dict:
+    """hey against POST /evaluate: runs/s, p50 and p99 ms, answers by status."""
+    import re
+    import tempfile
+
+    hey_path = shutil.which("hey")
+    if hey_path is None:
+        raise SystemExit("--load needs hey (Debian package `hey`; `make setup` installs it)")
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
+        json.dump({"code": SNIPPET, "language": language}, body)
+        body.flush()
+        out = subprocess.run([hey_path, "-z", f"{seconds}s", "-c", str(connections), "-m", "POST",
+                              "-T", "application/json", "-D", body.name, f"http://127.0.0.1:{port}/evaluate"],
+                             capture_output=True, text=True, check=True).stdout
+    found = {"runs_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for name, quantile in (("p50_ms", "50"), ("p99_ms", "99")):
+        match = re.search(rf"{quantile}% in ([\d.]+) secs", out)
+        found[name] = round(float(match.group(1)) * 1000, 2) if match else None
+    found["status"] = {int(code): int(count) for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
+    return found
+
+
+def measure_load(seconds: int, levels=LOAD_LEVELS) -> list:
+    """The service started as `make serve` starts it, driven by hey at each
+    level for each language; pool misses and cold starts per level from its
+    /metrics."""
+    server = Server("native", as_by_default=True)
+    rows = []
+    try:
+        for language in jail.LANGUAGES:  # first runs start each language's pool
+            for _ in range(20):
+                HttpClient(server.port).evaluate(language)
+            time.sleep(1)
+            for level in levels:
+                before = scrape(server.port)
+                found = hey(server.port, language, level, seconds)
+                after = scrape(server.port)
+                label = f'{{language="{language}"}}'
+                delta = {name: after.get(f"jail_pool_{name}_total{label}", 0) - before.get(f"jail_pool_{name}_total{label}", 0)
+                         for name in ("hits", "misses", "cold")}
+                ok = found["status"].get(200, 0)
+                rows.append({"language": language, "connections": level, **found, "ok": ok,
+                             "overloaded": found["status"].get(429, 0),
+                             "other": sum(n for code, n in found["status"].items() if code not in (200, 429)),
+                             "pool_misses": int(delta["misses"]), "pool_cold": int(delta["cold"]),
+                             "pool_size": int(after.get(f"jail_pool_size{label}", 0))})
+                time.sleep(1)  # the pool refills between levels
+    finally:
+        server.stop()
+    return rows
+
+
+def print_load_table(rows, seconds):
+    print(f"# `make bench BENCH_ARGS=--load` on {machine()}, {time.strftime('%Y-%m-%d')}: the service as `make serve`"
+          f" starts it, hey -z {seconds}s at each level, snippet {SNIPPET!r}")
+    print("| language | connections | runs/s | p50 ms | p99 ms | p99/p50 | 200 | 429 | other | pool misses | cold | pool size |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ratio = round(row["p99_ms"] / row["p50_ms"], 1) if row["p50_ms"] and row["p99_ms"] else None
+        print(f"| {row['language']} | {row['connections']} | {row['runs_s']:.0f} | {row['p50_ms']} | {row['p99_ms']} | "
+              f"{ratio} | {row['ok']} | {row['overloaded']} | {row['other']} | {row['pool_misses']} | "
+              f"{row['pool_cold']} | {row['pool_size']} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m jail.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="interleaved rounds (default 40)")
     parser.add_argument("--burst", type=int, default=20, help="runs per throughput burst (default 20)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     parser.add_argument("--launcher", action="store_true", help="only what the launcher adds to a bare program")
+    parser.add_argument("--load", action="store_true", help="only the service under hey at 1..64 connections")
+    parser.add_argument("--seconds", type=int, default=10, help="--load: seconds of hey per level (default 10)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.burst < 2:
         parser.error("--runs must be at least 1 and --burst at least 2")
-    if args.launcher:
+    if args.load:
+        rows = measure_load(args.seconds)
+        print_load_table(rows, args.seconds)
+    elif args.launcher:
         rows = measure_launcher(args.runs)
     else:
         rows, idle_rss = measure(args.runs, args.burst)
@@ -306,7 +393,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "rows": rows,
-                       "idle_warm_rss_mib": None if args.launcher else idle_rss}, f, indent=2)
+                       "idle_warm_rss_mib": None if args.launcher or args.load else idle_rss}, f, indent=2)
 
 
 if __name__ == "__main__":
