@@ -129,6 +129,10 @@ class HostMeter:
         name = max(self.removed, key=lambda group: self.removed[group] or 0.0)
         return name, self.removed[name], sum(self.sampled.get(name, {}).values())
 
+    def processes(self, group) -> int:
+        """How many processes the group was seen to hold."""
+        return len(self.sampled.get(group, {}))
+
 
 @pytest.fixture
 def meter(monkeypatch):
@@ -179,11 +183,11 @@ def test_forked_busy_loops_stay_within_the_cpu_budget(where, language, meter):
     assert stats.cpu_bound == support.cpu_bound
     group, used, sampled = meter.busiest()
     print(f"{where} {language}: {loops} loops, {used:.2f} s of cpu in {wall:.2f} s (budget {BUDGET} s), "
-          f"stats.cpu_ms {stats.cpu_ms}, sampled {sampled:.2f} s")
+          f"stats.cpu_ms {stats.cpu_ms}, sampled {sampled:.2f} s in {meter.processes(group)} processes")
     if where.endswith("-warm") and language == "javascript" and _zygote.unavailable_reason(jail.Policy()) is None:
         pass  # Node's spawn never returns in a zygote child (it uses no cpu, the wall clock ends it)
-    else:
-        assert sampled > 0.4, "the busy loops did not run"
+    else:  # (how much cpu they got depends on what else runs on the host)
+        assert meter.processes(group) > loops and sampled > 0, "the busy loops did not run"
     assert used <= BUDGET + MARGIN, f"{used:.2f} s of cpu, over the budget of {BUDGET} s"
     if support.cpu_quota:  # one cpu at most, whatever the host has
         assert used <= wall + MARGIN
@@ -193,7 +197,7 @@ def test_forked_busy_loops_stay_within_the_cpu_budget(where, language, meter):
 
 def test_cpu_ms_counts_every_process(where, meter):
     accounting()
-    result = run(where, CHILDREN_BURN, limits={"timeout_ms": 3000})
+    result = run(where, CHILDREN_BURN, limits={"timeout_ms": 10_000})  # ends within a second, on a loaded host too
     meter.stop()
     assert result.output == 2 and result.stats.warm == where.endswith("-warm")
     assert result.stats.cpu_ms >= 500, result.stats  # the children's 0.5 s, the snippet's own on top
@@ -207,17 +211,17 @@ def test_without_a_quota_accounting_ends_the_run_at_its_budget(monkeypatch, mete
     usage passes the budget, before its wall clock."""
     support = accounting()
     monkeypatch.setattr(_cgroup, "detect", lambda: dataclasses.replace(support, cpu_quota=False, cpu_root=None))
-    monkeypatch.setattr(Limits, "cpu_seconds", property(lambda limits: 1))  # a budget of 1 s in a 2 s run
+    monkeypatch.setattr(Limits, "cpu_seconds", property(lambda limits: 1))  # a budget of 1 s in a 6 s run
     code, loops = BUSY["python"]
     started = time.monotonic()
     with pytest.raises(jail.TimeLimitExceeded) as caught:
-        run("native", code, "python", {"n": loops}, {"timeout_ms": TIMEOUT_MS})
+        run("native", code, "python", {"n": loops}, {"timeout_ms": 6000})
     wall = time.monotonic() - started
     meter.stop()
     assert caught.value.stats.cpu_bound == "accounting"
     _, used, _ = meter.busiest()
     assert 1 <= used <= 1 + MARGIN
-    assert wall < TIMEOUT_MS / 1000 - 0.2, "ended by the wall clock, not by its cpu"
+    assert wall < 5.8, "ended by the wall clock, not by its cpu"
 
 
 def test_the_watch_looks_when_the_budget_could_first_be_reached():
