@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler  # "100 Continue" (or 417 for another Expect)
 
 import jail
-from jail import _pool, _run, _supervise
+from jail import _pool, _run, _supervise, _zygote
 from jail._report import error_body, result_body
 from jail_http.settings import Settings, from_args
 
@@ -107,6 +107,10 @@ class _PoolCollector:
         for thread, count in sorted(_supervise.ERRORS.items()):
             errors.add_metric([thread], count)
         yield errors
+        deaths = CounterMetricFamily("jail_zygote_deaths", "Zygotes that died (not stopped)", labels=["language"])
+        for language in jail.LANGUAGES:
+            deaths.add_metric([language], _zygote.DEATHS[language])
+        yield deaths
         degraded = GaugeMetricFamily("jail_degraded", "1 while a part is degraded (named in /readyz)",
                                      labels=["part"])
         for part in _supervise.degraded():

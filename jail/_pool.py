@@ -31,6 +31,7 @@ import asyncio
 import atexit
 import collections
 import dataclasses
+import logging
 import os
 import resource
 import select
@@ -40,6 +41,7 @@ import time
 from jail import _backends, _process, _runtime, _sandbox, _supervise, _zygote
 
 LANGUAGES = tuple(_runtime.LANGUAGES)
+log = logging.getLogger("jail")
 
 
 DEFAULT_SIZE = 4  # warm sandboxes per language unless JAIL_POOL_<LANGUAGE> says otherwise
@@ -52,6 +54,7 @@ FORK_WAIT = 1.0
 GROW_FACTOR = 1.5  # a miss makes the size this much larger (at least one more), up to the maximum
 SHRINK_AFTER = 30.0  # seconds without a miss after which an idle pool gives back one sandbox ...
 SHRINK_EVERY = 5.0  # ... and one more every this many seconds, down to its configured size
+IDLE_CHECK = 0.5  # seconds between looks at a full pool's idle sandboxes (one killed from outside is replaced)
 ZYGOTE_RETRY = 5.0  # seconds after a zygote failed before a new one is tried
 STALLED = 5.0  # seconds a pool may stay short of its size without making a sandbox before it counts as degraded
 STOP_TIMEOUT = 5.0  # seconds stop() waits in all for the refill thread, the reaper and the zygotes
@@ -296,6 +299,7 @@ class WarmPool:
                 if _alive(candidate):
                     running = candidate
                 else:
+                    _log_idle_death(language, candidate)
                     _discard_later(candidate)
             if running is not None and policy.backend == "native" and not _lower_cpu_limit(running, limits):
                 _discard_later(running)
@@ -322,11 +326,11 @@ class WarmPool:
         while True:
             with self._lock:
                 while not self._stopping and not self._missing():
-                    shrunk = self._shrink_idle()
-                    for running in shrunk:
+                    gone = self._shrink_idle() + self._dead_idle()
+                    for running in gone:
                         _process.end_later(running)
-                    if not shrunk:
-                        self._wake.wait(SHRINK_EVERY)
+                    if not gone:
+                        self._wake.wait(IDLE_CHECK)
                 if self._stopping:
                     return
                 language = self._missing()
@@ -338,52 +342,59 @@ class WarmPool:
                 policy = self._policy
                 self._short_since.setdefault(language, time.monotonic())
             started_at = time.monotonic()
+            delivered = []
+
+            def deliver(running, language=language, policy=policy):
+                """A new warm sandbox: into the pool at once (a request may be waiting)."""
+                with self._lock:
+                    if self._stopping or policy != self._policy:
+                        stale = True
+                    else:
+                        stale = False
+                        self._ready[language].append(running)
+                        self._wake_waiters(language)
+                        self._last_made[language] = time.monotonic()
+                        if len(self._ready[language]) >= self._sizes.get(language, 0):
+                            self._short_since.pop(language, None)
+                        self.stats.refills[language] += 1
+                        self.stats.refill_seconds[language] += time.monotonic() - started_at
+                if stale:
+                    _process.end_later(running)
+                delivered.append(running)
+
             try:
-                made = self._make(language, policy, count)
+                self._make(language, policy, count, deliver)
             except Exception as exc:  # logged and counted; the cold path reports it to callers; do not spin
                 _supervise.failed("jail-warm-pool", exc)
                 time.sleep(1)
                 continue
-            if not made:
+            if not delivered:
                 time.sleep(0.001)
-            with self._lock:
-                if self._stopping or policy != self._policy:
-                    stale = made
-                else:
-                    self._ready[language].extend(made)
-                    self._wake_waiters(language)
-                    if made:
-                        self._last_made[language] = time.monotonic()
-                    if len(self._ready[language]) >= self._sizes.get(language, 0):
-                        self._short_since.pop(language, None)
-                    self.stats.refills[language] += len(made)
-                    self.stats.refill_seconds[language] += time.monotonic() - started_at
-                    stale = []
-            for running in stale:
-                running.discard()
 
-    def _make(self, language, policy, count) -> list:
-        """Up to count warm sandboxes: forked by the language's zygote where one
-        can serve the policy (all asked for at once), else one spawned like a
-        cold one."""
+    def _make(self, language, policy, count, deliver) -> None:
+        """Up to count warm sandboxes, each given to deliver() once ready:
+        forked by the language's zygote where one can serve the policy (all
+        asked for at once), else one spawned like a cold one."""
         limits = _warm_limits(policy)
         zygote = self._zygote(language, policy, limits)
         if zygote is not None:
-            made = zygote.fork_many(count)
+            made = zygote.fork_many(count, deliver)
             failed = [each for each in made if isinstance(each, Exception) and not isinstance(each, _zygote.Busy)]
             if failed:
                 with self._lock:
-                    self.zygote_off[language] = f"its zygote failed: {failed[0]}"
-                    self._zygote_retry[language] = time.monotonic() + ZYGOTE_RETRY
+                    if not zygote.died():  # one that died is replaced at once; one that fails alive, later
+                        self.zygote_off[language] = f"its zygote failed: {failed[0]}"
+                        self._zygote_retry[language] = time.monotonic() + ZYGOTE_RETRY
                     if self._zygotes.get(language) is zygote:
                         del self._zygotes[language]
                 zygote.stop()
+                if zygote.died():
+                    return  # the next round starts a new zygote
             busy = any(isinstance(each, _zygote.Busy) for each in made)
-            made = [each for each in made if not isinstance(each, Exception)]
-            if made or (busy and not failed):
-                return made  # all its uids in use: the next round will find some free
+            if len(made) < count or (busy and not failed):
+                return  # some were made; or all its uids are in use: the next round will find some free
         spec = _sandbox.harness_spec(language, policy, limits)
-        return [_process.start(_backends.get(policy.backend), spec, harness=True)]
+        deliver(_process.start(_backends.get(policy.backend), spec, harness=True))
 
     def _zygote(self, language, policy, limits):
         with self._lock:
@@ -409,6 +420,17 @@ class WarmPool:
         if zygote is not None:
             zygote.stop()
         return None
+
+    def _dead_idle(self) -> list:
+        """(with the lock) Idle sandboxes that died while they waited (killed
+        from outside), taken out of the pool: their places are made again."""
+        dead = []
+        for language, queue in self._ready.items():
+            for running in [each for each in queue if not _alive(each)]:
+                queue.remove(running)
+                dead.append(running)
+                _log_idle_death(language, running)
+        return dead
 
     def _shrink_idle(self) -> list:
         """(with the lock) A language grown past its configured size, with no
@@ -472,6 +494,11 @@ def _fixed_at_start(limits):
 def _alive(running) -> bool:
     """Not exited while it waited (its pidfd turns readable at exit)."""
     return not select.select([running.sandbox.pidfd], [], [], 0)[0]
+
+
+def _log_idle_death(language, running) -> None:
+    log.warning("a warm %s sandbox (pid %s) died while it waited (killed from outside); it is discarded and "
+                "replaced", language, running.sandbox.pid)
 
 
 def _discard_later(running) -> None:

@@ -17,8 +17,10 @@ Zygotes need a root server (the block of uids is mapped from the host's) and
 the native backend; elsewhere the pool spawns each warm sandbox.
 """
 
+import collections
 import importlib.util
 import itertools
+import logging
 import os
 import select
 import signal
@@ -34,6 +36,8 @@ BLOCK_SIZE = 128  # children of one zygote alive at once: each has a uid of its 
 START_TIMEOUT = 10  # seconds for a zygote to start, or to answer a fork
 EXIT_TIMEOUT = 5  # seconds for a killed child's exit to be reported
 INSIDE_ID = 1000  # a child's uid and gid as the snippet sees them (as in a cold sandbox)
+DEATHS = collections.Counter()  # language -> zygotes that died (not stopped)
+log = logging.getLogger("jail")
 
 
 def library_path():
@@ -265,14 +269,21 @@ class Zygote:
                 if child.pidfd is not None:
                     child.wait()
                 child.finish()
-        self.sandbox.kill()
-        self.sandbox.wait()
+        self.sandbox.kill()  # it is ending already (it closed its socket): this changes no exit status
+        status, _ = self.sandbox.wait()
         try:
             self._log = os.read(log_read, 4096)
         finally:
             os.close(log_read)
         self.sandbox.finish()
         self._socket.close()
+        if status != 0:  # it died (a stopped one exits 0): runs in its children were SandboxErrors
+            DEATHS[self.language] += 1
+            how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                   else f"exited with code {os.WEXITSTATUS(status)}")
+            log.error("the %s zygote (pid %s) died: %s, taking %d children with it%s", self.language,
+                      self.sandbox.pid, how, len(waiting),
+                      f"; its last words: {self._log.decode('utf-8', 'replace').strip()[-300:]}" if self._log else "")
 
     # -- asked by the pool ----------------------------------------------------------------
 
@@ -283,17 +294,25 @@ class Zygote:
             raise started
         return started
 
-    def fork_many(self, count) -> list:
+    def fork_many(self, count, on_ready=None) -> list:
         """count new warm sandboxes (or, for each that failed, its SandboxError):
         all asked for first, then waited for, so that the zygote forks the next
-        while the last sets itself up."""
+        while the last sets itself up. ``on_ready(started)`` gets each one as
+        soon as it is ready (then it is not in the list)."""
         asked = []
         for _ in range(count):
             try:
                 asked.append(self._ask())
             except SandboxError as error:
                 asked.append(error)
-        return [each if isinstance(each, Exception) else self._await(*each) for each in asked]
+        made = []
+        for each in asked:
+            started = each if isinstance(each, Exception) else self._await(*each)
+            if on_ready is not None and not isinstance(started, Exception):
+                on_ready(started)
+            else:
+                made.append(started)
+        return made
 
     def _ask(self):
         with self._lock:

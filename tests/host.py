@@ -26,9 +26,93 @@ def available_backend(name):
     return name
 
 
+# Pids whose sandboxes are this test run's: its own, and every server a test
+# starts (tests/http/conftest.py adds them). A sandbox's cgroups are named
+# after the pid that made them (jail._cgroup), so leftover checks can tell
+# ours from those of another run on the same host.
+OWNERS = {os.getpid()}
+
+
+def cgroup_owner(pid):
+    """The pid that made the cgroups a process is in, or None (in none of ours)."""
+    from jail import _cgroup
+
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                path = line.rstrip("\n").split(":", 2)[2]
+                _, found, name = path.partition(f"/{_cgroup.GROUP}/")
+                if found and name.split("-", 1)[0].isdigit():
+                    return int(name.split("-", 1)[0])
+    except OSError:
+        return GONE
+    return None
+
+
+GONE = -1  # cgroup_owner() of a process that ended meanwhile
+
+
+def ours(owner) -> bool:
+    """Whether sandboxes made by pid owner count as this test run's: it is one
+    of OWNERS or a descendant of this process, or it is gone (what a dead
+    process left running is a leftover, whoever made it)."""
+    pid = owner
+    for _ in range(64):
+        if pid in OWNERS:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return pid == owner  # owner itself is gone
+        if pid <= 1:
+            return False
+    return False
+
+
+def made_by_us(pid):
+    """Whether a sandbox process is this test run's: by its cgroups' owner, or
+    (still setting up, in none yet) by its nearest ancestor in one, or one of
+    OWNERS; None if it ended meanwhile. What cannot be told counts as ours."""
+    current = pid
+    for _ in range(64):
+        owner = cgroup_owner(current)
+        if owner == GONE:
+            return None if current == pid else True
+        if owner is not None:
+            return ours(owner)
+        if current in OWNERS:
+            return True
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                current = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None if current == pid else True
+        if current <= 1:
+            return True
+    return True
+
+
+def own_cgroups(controllers=("memory", "pids", "cpu", "cpuacct", "")) -> int:
+    """How many sandbox cgroups this test run's owners have on the host."""
+    from jail import _cgroup
+
+    count = 0
+    for controller in controllers:
+        parent = f"{_cgroup.CGROUP_ROOT}/{controller}/{_cgroup.GROUP}".replace("//", "/")
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        count += sum(1 for name in names if name.split("-", 1)[0].isdigit()
+                     and ours(int(name.split("-", 1)[0])) and os.path.isdir(f"{parent}/{name}"))
+    return count
+
+
 def sandbox_processes(marker=b"/opt/harness/", uid_range=True):
-    """Host pids that belong to sandboxes: a uid of the sandbox range (a root
-    server; unless uid_range is False), or a command line carrying marker.
+    """Host pids that belong to sandboxes of this test run (OWNERS): a uid of
+    the sandbox range (a root server; unless uid_range is False), or a command
+    line carrying marker.
     The sandboxes of this process's warm pool (idle, or being started: a uid
     of the pool policy's own range) and the zygotes of tests/zygote_probe.py
     are not leftovers."""
@@ -55,6 +139,11 @@ def sandbox_processes(marker=b"/opt/harness/", uid_range=True):
             continue
         if uid in pool_uids:
             continue
+        mine = made_by_us(int(pid))
+        if mine is None:
+            continue  # it ended while we looked: not left over
+        if not mine:
+            continue  # a sandbox of another run's live server on this host, not a leftover of ours
         if (uid_range and first <= uid < first + count) or marker in cmdline:
             found.append(int(pid))
     return found

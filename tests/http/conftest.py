@@ -13,6 +13,8 @@ import urllib.request
 
 import pytest
 
+from host import OWNERS
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -33,6 +35,7 @@ class Server:
             env["PATH"] = path
         self.process = subprocess.Popen([*prefix, sys.executable, "-m", "jail_http", "--port", str(self.port)],
                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        OWNERS.add(self.process.pid)  # its sandboxes are this test run's (tests/host.py)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from host import own_cgroups
 from jail import _backends, _cgroup, _process, _runtime, _sandbox
 from jail._backends import native
 from jail._errors import SandboxError
@@ -195,8 +196,7 @@ def _counts():
                 children += int(f.read().rsplit(")", 1)[1].split()[1]) == me
         except OSError:
             pass
-    cgroups = sum(len(dirs) for base in ("memory", "pids", "")
-                  for _, dirs, _ in os.walk(f"{_cgroup.CGROUP_ROOT}/{base}/{_cgroup.GROUP}".replace("//", "/")))
+    cgroups = own_cgroups()
     with open("/proc/self/mounts") as f:
         mounts = len(f.readlines())
     return {"children": children, "fds": len(os.listdir("/proc/self/fd")), "mounts": mounts, "cgroups": cgroups}

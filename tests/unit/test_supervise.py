@@ -93,10 +93,10 @@ def test_a_pool_that_cannot_refill_is_degraded_and_recovers(monkeypatch):
     real_make = _pool.WarmPool._make
     broken = {"on": True}
 
-    def make(self, language, policy, count):
+    def make(self, language, policy, count, deliver):
         if broken["on"]:
             raise OSError("no cgroup can be made")
-        return real_make(self, language, policy, count)
+        return real_make(self, language, policy, count, deliver)
 
     monkeypatch.setattr(_pool.WarmPool, "_make", make)
     jail.warm_pool(python=1)
