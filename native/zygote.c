@@ -235,6 +235,10 @@ static void renew_runtime_fds_child(int report_fd)
             int is_read_end = (old->status_flags & O_ACCMODE) == O_RDONLY;
             if (!is_read_end && old->peer >= 0)
                 break; /* made with its read end */
+            struct stat now;
+            if (fstat(old->fd, &now) == 0 && now.st_ino != old->inode)
+                break; /* already the child's own: an at-fork handler made it anew (libuv's signal
+                          lock pipe, which holds its lock's one byte: an empty copy would deadlock) */
             int ends[2];
             if (pipe2(ends, O_CLOEXEC) < 0)
                 child_fail(report_fd, JAIL_STEP_RENEW_FDS, old->fd);

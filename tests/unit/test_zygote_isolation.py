@@ -334,3 +334,12 @@ def test_a_memory_bomb_in_a_warm_sandbox_is_a_memory_error_at_once(warm, languag
         jail.run(code, language, limits={"timeout_ms": 5000})
     assert caught.value.stats.warm
     assert time.monotonic() - started < 2.5  # not the 5 s of its wall clock
+
+
+def test_a_node_child_can_start_a_process(warm):
+    """libuv's signal lock is a pipe holding one byte, made anew by its at-fork
+    handler: renewing it again as an empty pipe hung every spawn in a child."""
+    code = ("const r = process.mainModule.require('child_process').spawnSync('/opt/node/bin/node', ['-e', '1']);\n"
+            "return [r.status, String(r.error)]")
+    result = jail.run(code, "javascript", limits={"timeout_ms": 4000})
+    assert result.stats.warm and result.output == [0, "undefined"]
