@@ -6,6 +6,10 @@
 // writes exactly one JSON message to the result channel (fd 3):
 //     {"ok": true, "value": ..., "types": {...}}  or  {"ok": false, "error": {...}}
 // then exits 0; exits 71 if the message cannot be written. It prints nothing itself.
+// Building blocks: a request may name "functions" of the host. Each becomes one more
+// parameter, a function that sends one line {"call": id, "name", "value", "types"} on the
+// channel and returns a Promise settled by the host's line {"reply": id, ...} on stdin
+// (jail/_calls.py describes the protocol); several may be in flight at once.
 // Node built-ins only. Strict mode, so .caller/.callee never lead back into this file.
 
 const fs = require('fs');
@@ -43,7 +47,20 @@ const isNativeError = util.types.isNativeError;
 const inspect = util.inspect;
 const utf8Encoder = new TextEncoder();
 const EncodeUtf8 = uncurry(TextEncoder.prototype.encode);
-const { writeSync, closeSync, openSync, readFileSync } = fs;
+const { writeSync, closeSync, openSync, readSync, read: fsRead } = fs;
+const JSONParse = JSON.parse;
+const SafePromise = Promise;
+const ErrorCaptureStackTrace = Error.captureStackTrace;
+const BufferConcat = Buffer.concat;
+const BufferFrom = Buffer.from;
+const BufferIndexOf = uncurry(Uint8Array.prototype.indexOf);
+const Subarray = uncurry(Uint8Array.prototype.subarray);
+const ArrayPush = uncurry(Array.prototype.push);
+const Utf8Decode = uncurry(TextDecoder.prototype.decode);
+const utf8Decoder = new TextDecoder();
+const SetTimeout = setTimeout;
+const ObjectHasOwn = Object.hasOwn;
+const NATIVE_ERRORS = { __proto__: null, Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError };
 const ProcessOn = uncurry(process.on);
 let reallyExit = process.reallyExit;  // exits at once: no 'exit' listeners, no pending work
 const AsyncFunction = (async function () {}).constructor;
@@ -99,17 +116,39 @@ function takeResultChannel() {
 
 // -- step 2: read the request --------------------------------------------------------------
 
+// One line of JSON, then EOF (no functions) or the host's replies.
+function readRequestText() {
+  const chunks = [];
+  const buffer = Buffer.allocUnsafeSlow(1 << 16);
+  for (;;) {
+    const n = readSync(0, buffer, 0, buffer.length, null);
+    const end = buffer.indexOf(10);
+    if (end >= 0 && end < n) {
+      chunks.push(Buffer.from(buffer.subarray(0, end)));
+      if (end + 1 < n) calls.pending.push(Buffer.from(buffer.subarray(end + 1, n)));
+      break;
+    }
+    if (n === 0) break;
+    chunks.push(Buffer.from(buffer.subarray(0, n)));
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 function readRequest() {
-  const request = JSON.parse(readFileSync(0, 'utf8'));
+  const request = JSON.parse(readRequestText());
   if (request === null || typeof request !== 'object' || typeof request.code !== 'string') {
     throw new RequestError("the request needs a string 'code'");
   }
   const scope = request.scope == null ? {} : request.scope;
   const types = request.types == null ? {} : request.types;
+  const functions = request.functions == null ? [] : request.functions;
   if (typeof scope !== 'object' || Array.isArray(scope) || typeof types !== 'object' || Array.isArray(types)) {
     throw new RequestError("'scope' and 'types' must be objects");
   }
-  return { code: request.code, scope, types };
+  if (!Array.isArray(functions) || !functions.every((name) => typeof name === 'string')) {
+    throw new RequestError("'functions' must be a list of names");
+  }
+  return { code: request.code, scope, types, functions };
 }
 
 // -- step 3: decode typed scope values -----------------------------------------------------
@@ -185,8 +224,9 @@ function locate(root, pointer) {
 
 // -- step 4: bind the scope keys as parameters -------------------------------------------
 
-function parameterNames(scope) {
-  const names = Object.keys(scope);
+function parameterNames(scope, functions) {
+  const names = [...Object.keys(scope), ...functions];
+  if (new Set(names).size !== names.length) throw new RequestError('a function is named as a scope key');
   for (const name of names) {
     if (!/^[\p{ID_Start}$_][\p{ID_Continue}$\u200C\u200D]*$/u.test(name) || RESERVED.has(name)) {
       throw new RequestError(`scope key ${JSON.stringify(name)} is not a usable JavaScript identifier`);
@@ -438,6 +478,145 @@ function plainError(name, text) {
   return { name, message: `${name}: ${text}`, line: null, column: null, traceback: null };
 }
 
+// -- building blocks: the host's functions as stubs ----------------------------------------
+
+// The calls of one run. A reply is read (on Node's thread pool, stdin staying blocking)
+// only while a call waits for one, so a snippet whose promise never settles is still
+// told so. A reply to no call of ours (one the snippet forged on a cold run's fd 3) is
+// dropped. A snippet that replaces built-ins can break its own calls, never the host's.
+const calls = { lastId: 0, waiting: { __proto__: null }, inFlight: 0, reading: false, pending: [], buffer: null };
+
+function makeStub(name) {
+  const stub = function (...args) { return callHost(name, args); };
+  ObjectDefineProperty(stub, 'name', { value: name });
+  return stub;
+}
+
+function callHost(name, args) {
+  const site = {};
+  ErrorCaptureStackTrace(site);  // the snippet's line of the call, for an error the host sends back
+  return new SafePromise((resolve, reject) => {
+    if (sent) return reject(hostError('Error', `${name}: the run is over`, site));
+    let text;
+    let types;
+    try {
+      const state = { types: '', active: new SafeSet() };
+      text = encodeValue({ args }, '', 0, state);
+      types = `{${state.types}}`;
+    } catch (e) {
+      return reject(e instanceof Unrepresentable ? hostError('TypeError', `${name}: ${e.message}`, site) : e);
+    }
+    const id = ++calls.lastId;
+    const bytes = EncodeUtf8(utf8Encoder, '{"call":' + id + ',"name":' + quote(name) + ',"value":' + text +
+      ',"types":' + types + '}\n');
+    const size = TypedArrayLength(bytes);
+    try {
+      for (let offset = 0; offset < size;) offset += writeSync(channel, bytes, offset, size - offset);
+    } catch (e) {
+      return reject(hostError('Error', `${name}: the run is over`, site));
+    }
+    calls.waiting[id] = { resolve, reject, site, name };
+    calls.inFlight++;
+    readReplies();
+  });
+}
+
+function readReplies() {
+  if (calls.reading || calls.inFlight === 0) return;
+  calls.reading = true;
+  if (calls.buffer === null) calls.buffer = Buffer.allocUnsafeSlow(1 << 16);
+  fsRead(0, calls.buffer, 0, TypedArrayLength(calls.buffer), null, onReplies);
+}
+
+function onReplies(error, n) {
+  calls.reading = false;
+  if (error) {
+    if (error.code === 'EAGAIN') return SetTimeout(readReplies, 1);  // the snippet made stdin non-blocking
+    n = 0;
+  }
+  if (!n) {  // the host closed stdin: the run is over
+    for (const id of ObjectKeys(calls.waiting)) {
+      const waiting = calls.waiting[id];
+      delete calls.waiting[id];
+      waiting.reject(hostError('Error', `${waiting.name}: the run is over`, waiting.site));
+    }
+    calls.inFlight = 0;
+    return;
+  }
+  const chunk = BufferFrom(Subarray(calls.buffer, 0, n));
+  let start = 0;
+  let end;
+  while ((end = BufferIndexOf(chunk, 10, start)) >= 0) {
+    const part = Subarray(chunk, start, end);
+    let line = part;
+    if (calls.pending.length) {
+      ArrayPush(calls.pending, part);
+      line = BufferConcat(calls.pending);
+      calls.pending = [];
+    }
+    deliver(line);
+    start = end + 1;
+  }
+  if (start < n) ArrayPush(calls.pending, Subarray(chunk, start));
+  readReplies();
+}
+
+function deliver(line) {
+  let reply;
+  try {
+    reply = JSONParse(Utf8Decode(utf8Decoder, line));
+  } catch (e) {
+    return;
+  }
+  const id = reply !== null && typeof reply === 'object' ? reply.reply : undefined;
+  if (typeof id !== 'number' || !ObjectHasOwn(calls.waiting, id)) return;
+  const waiting = calls.waiting[id];
+  delete calls.waiting[id];
+  calls.inFlight--;
+  if (reply.ok === true) {
+    const holder = [reply.value];
+    try {
+      decodeValue(holder, reply.types == null ? {} : reply.types);
+    } catch (e) {
+      return waiting.reject(hostError('TypeError', `${waiting.name}: ${e.message}`, waiting.site));
+    }
+    return waiting.resolve(holder[0]);
+  }
+  const error = reply.error !== null && typeof reply.error === 'object' ? reply.error : {};
+  waiting.reject(hostError(StringOf(error.name || 'Error'), StringOf(error.message || ''), waiting.site));
+}
+
+// Typed values inside holder[0], decoded in place (the pointer '' is the value itself).
+function decodeValue(holder, types) {
+  for (const pointer of ObjectKeys(types)) {
+    const name = types[pointer];
+    if (typeof name !== 'string' || !ObjectHasOwn(DECODERS, name)) throw new RequestError(`unknown type at ${pointer}`);
+    const [parent, key] = locate(holder, '/0' + pointer);
+    let value;
+    try {
+      value = DECODERS[name](parent[key]);
+    } catch (e) {
+      throw new RequestError(`bad '${name}' value at ${pointer}: expected ${EXPECTED[name]}`);
+    }
+    ObjectDefineProperty(parent, key, { value, writable: true, enumerable: true, configurable: true });
+  }
+}
+
+// An Error named as the host's exception (a native constructor where there is one of that
+// name), whose stack is the snippet's own at the call: uncaught, it points at that line.
+function hostError(name, message, site) {
+  const Ctor = NATIVE_ERRORS[name] || Error;
+  const error = new Ctor(message);
+  if (Ctor === Error && name !== 'Error') {
+    ObjectDefineProperty(error, 'name', { value: name, writable: true, enumerable: false, configurable: true });
+  }
+  const stack = safeString(() => site.stack);
+  const at = IndexOf(stack, '\n');
+  ObjectDefineProperty(error, 'stack', { value: (message ? `${name}: ${message}` : name) +
+    (at >= 0 ? StringSlice(stack, at) : ''), writable: true, enumerable: false, configurable: true });
+  return error;
+}
+
 // -- step 7: write the one message and leave ----------------------------------------------
 
 function sendError(error) {
@@ -557,8 +736,9 @@ async function run() {
   try {
     const request = readRequest();
     decodeScope(request.scope, request.types);
-    const names = parameterNames(request.scope);
-    args = names.map((name) => request.scope[name]);
+    const names = parameterNames(request.scope, request.functions);
+    args = Object.keys(request.scope).map((name) => request.scope[name]);
+    for (const name of request.functions) args.push(makeStub(name));
     code = request.code;
     codeLines = code.split(/\r\n|[\n\r\u2028\u2029]/);  // V8's line terminators
     snippet = compileSnippet(code, names);

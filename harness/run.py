@@ -6,6 +6,11 @@ and writes exactly one JSON message to the result channel (fd 3):
     {"ok": true, "value": ..., "types": {...}}  or  {"ok": false, "error": {...}}
 then exits 0; exits 71 if the message cannot be written. It prints nothing itself.
 
+Building blocks: a request may name "functions" of the host. Each becomes one more
+parameter, a stub that sends one line {"call": id, "name", "value", "types"} on the
+channel and waits for the host's line {"reply": id, ...} on stdin, which the harness
+then moves to a private fd (jail/_calls.py describes the protocol).
+
 Standard library only: this file must never import anything of ours.
 """
 import ast
@@ -27,8 +32,8 @@ from decimal import Decimal
 globals().update({k: v for k, v in vars(builtins).items() if not k.startswith("__")})
 
 # Module attributes the harness needs after the snippet has run, captured before it runs.
-_write, _close, _exit, _getpid = os.write, os.close, os._exit, os.getpid
-_b64encode, _exc_info = binascii.b2a_base64, sys.exc_info
+_write, _close, _exit, _getpid, _read = os.write, os.close, os._exit, os.getpid, os.read
+_b64encode, _exc_info, _loads = binascii.b2a_base64, sys.exc_info, json.loads
 _setrecursionlimit = sys.setrecursionlimit
 _FunctionType = type(lambda: None)
 
@@ -77,14 +82,29 @@ def take_result_channel():
 # -- step 2: read the request --------------------------------------------------------------
 
 def read_request():
-    request = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    """The request: one line of JSON, then EOF (no functions) or the host's replies."""
+    chunks = []
+    while True:
+        chunk = _read(0, 1 << 20)
+        end = chunk.find(b"\n")
+        if end >= 0:
+            chunks.append(chunk[:end])
+            Channel.pending = chunk[end + 1:]
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    request = json.loads(b"".join(chunks).decode("utf-8"))
     if not isinstance(request, dict) or not isinstance(request.get("code"), str):
         raise RequestError("the request needs a string 'code'")
     scope = request.get("scope") or {}
     types = request.get("types") or {}
+    functions = request.get("functions") or []
     if not isinstance(scope, dict) or not isinstance(types, dict):
         raise RequestError("'scope' and 'types' must be objects")
-    return request["code"], scope, types
+    if not isinstance(functions, list) or not all(isinstance(name, str) for name in functions):
+        raise RequestError("'functions' must be a list of names")
+    return request["code"], scope, types, functions
 
 
 # -- step 3: decode typed scope values --------------------------------------------------
@@ -161,9 +181,9 @@ DECODERS = {
 
 # -- step 4: bind the scope keys as parameters -------------------------------------------
 
-def parameter_names(scope):
+def parameter_names(scope, functions=()):
     names = []
-    for key in scope:
+    for key in [*scope, *functions]:
         # Python folds identifiers to NFKC, so the parameter must be spelled that way too.
         name = key if key.isascii() else unicodedata.normalize("NFKC", key)
         if not name.isidentifier() or keyword.iskeyword(name) or name == "__debug__":
@@ -366,6 +386,127 @@ def error_message(name, text):
     return {"name": name, "message": f"{name}: {text}", "line": None, "column": None, "traceback": None}
 
 
+# -- building blocks: the host's functions as stubs ----------------------------------------
+
+class Channel:
+    """The calls of one run: frames out on the result channel, replies in on a private
+    copy of stdin. Calls from threads take turns writing and reading; a call from a fork
+    of the snippet, or after the result was sent, raises instead of reaching the host."""
+
+    pending = b""  # what came after the request on stdin
+    lock = None  # held to write on the result channel, once there are functions
+    closed = False  # the message is sent: no call may follow it
+
+    def __init__(self, out_fd, pid):
+        import _thread
+
+        self.out_fd, self.pid = out_fd, pid
+        self.in_fd = take_stdin()
+        Channel.lock = _thread.allocate_lock()
+        self.read_lock = _thread.allocate_lock()
+        self.last_id = 0
+        self.replies = {}
+
+    def stub(self, name):
+        call = self.call
+
+        def stub(*args, **kwargs):
+            return call(name, args, kwargs)
+
+        stub.__name__ = stub.__qualname__ = name
+        return stub
+
+    def call(self, name, args, kwargs):
+        if _getpid() != self.pid:
+            raise RuntimeError(f"{name}: functions can be called only from the snippet's own process")
+        try:
+            types = {}
+            value = encode_value({"args": list(args), "kwargs": kwargs}, "", 0, types, set())
+        except Unrepresentable as exc:
+            raise TypeError(f"{name}: {exc.args[0]}") from None
+        with Channel.lock:
+            if self.closed:
+                raise RuntimeError(f"{name}: the run is over")
+            self.last_id += 1
+            call_id = self.last_id
+            frame = '{"call":%d,"name":%s,"value":%s,"types":%s}\n' % (call_id, quote(name), value, encode(types)[0])
+            data = memoryview(str.encode(frame, "utf-8"))
+            while data:
+                data = data[_write(self.out_fd, data):]
+        reply = self.wait(call_id)
+        if reply.get("ok") is True:
+            holder = [reply.get("value")]
+            try:
+                decode_value(holder, reply.get("types") or {})
+            except RequestError as exc:
+                raise TypeError(f"{name}: {exc}") from None
+            return holder[0]
+        error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+        raise host_exception(str(error.get("name") or "Error"), str(error.get("message") or "")) from None
+
+    def wait(self, call_id):
+        with self.read_lock:
+            while call_id not in self.replies:
+                lines = (Channel.pending + self.read()).split(b"\n")
+                Channel.pending = lines.pop()
+                for line in lines:
+                    reply = _loads(line.decode("utf-8"))
+                    self.replies[reply["reply"]] = reply
+            return self.replies.pop(call_id)
+
+    def read(self):
+        data = _read(self.in_fd, 1 << 20)
+        if not data:  # the host closed it: the run is over
+            raise RuntimeError("the run is over")
+        return data
+
+
+def take_stdin():
+    """stdin moved to a private close-on-exec fd (>= 10), /dev/null put on fd 0, so the
+    snippet can neither read the host's replies nor take their place."""
+    try:
+        fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 10)
+    except OSError:  # EINVAL: the fd limit is below 11
+        fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 4)
+    try:
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        os.dup2(null, 0)
+        _close(null)
+    except OSError:
+        _close(0)
+    return fd
+
+
+def decode_value(holder, types):
+    """Decodes typed values in place inside holder[0] (the pointer "" is the value itself)."""
+    for pointer, name in types.items():
+        decoder = DECODERS.get(name) if isinstance(name, str) else None
+        if decoder is None or not isinstance(pointer, str):
+            raise RequestError(f"unknown type {name!r} at {pointer!r}")
+        parent, key = locate(holder, "/0" + pointer)
+        try:
+            parent[key] = decoder(parent[key])
+        except (TypeError, ValueError, OverflowError):
+            raise RequestError(f"bad {name!r} value at {pointer}: expected {EXPECTED[name]}") from None
+
+
+_HOST_EXCEPTIONS = {}
+
+
+def host_exception(name, message):
+    """An exception named as the host's: a builtin's subclass where the name is a
+    builtin exception (so `except KeyError` catches it), else a new Exception class;
+    its text is the host's message as it was."""
+    cls = _HOST_EXCEPTIONS.get(name)
+    if cls is None:
+        base = vars(builtins).get(name)
+        if not (isinstance(base, type) and issubclass(base, Exception)):
+            base = Exception
+        cls = _HOST_EXCEPTIONS[name] = type(name, (base,), {"__str__": BaseException.__str__,
+                                                          "__module__": "builtins"})
+    return cls(message)
+
+
 # -- step 7: write the one message and leave ----------------------------------------------
 
 def write_and_exit(fd, text):
@@ -380,6 +521,9 @@ def write_and_exit(fd, text):
         except BaseException:
             pass
     data = memoryview(str.encode(text, "utf-8"))
+    if Channel.lock is not None:  # no call frame in the middle of the message, none after it
+        Channel.lock.acquire()
+        Channel.closed = True
     try:
         while data:
             data = data[_write(fd, data):]
@@ -394,9 +538,12 @@ def run():
     pid, default_limit = _getpid(), sys.getrecursionlimit()
     _setrecursionlimit(4 * MAX_DEPTH + 1000)  # room for deeply nested requests and results
     try:
-        code, scope, types = read_request()
+        code, scope, types, functions = read_request()
         decode_scope(scope, types)
-        names = parameter_names(scope)
+        names = parameter_names(scope, functions)
+        if functions:
+            channel = Channel(fd, pid)
+            scope.update((name, channel.stub(name)) for name in functions)
     except BaseException as exc:
         text = str(exc) if isinstance(exc, RequestError) else f"the request is not valid: {exc}"
         write_and_exit(fd, encode({"ok": False, "error": error_message("RequestError", text)})[0])

@@ -5,8 +5,9 @@
     r.output   # 5
 """
 
-from jail._errors import (ExecutionError, JailError, MemoryLimitExceeded, OutputLimitExceeded, Overloaded,
-                          RequestError, SandboxError, TimeLimitExceeded)
+from jail._calls import CallContext
+from jail._errors import (CallLimitExceeded, ExecutionError, JailError, MemoryLimitExceeded, OutputLimitExceeded,
+                          Overloaded, RequestError, SandboxError, TimeLimitExceeded)
 from jail._policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
 from jail._pool import configure as warm_pool
 from jail._process import Stats
@@ -14,6 +15,8 @@ from jail._run import LANGUAGES, Result, run, run_async
 from jail._version import __version__
 
 __all__ = [
+    "CallContext",
+    "CallLimitExceeded",
     "DEFAULT_LIMITS",
     "DEFAULT_POLICY",
     "LANGUAGES",

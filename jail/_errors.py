@@ -5,7 +5,8 @@
     ├── ExecutionError          the snippet raised or did not compile (HTTP 422)
     │   ├── TimeLimitExceeded       the wall-clock or cpu limit was hit
     │   ├── MemoryLimitExceeded     the memory limit was hit
-    │   └── OutputLimitExceeded     stdout+stderr, or the result, went over its byte limit
+    │   ├── OutputLimitExceeded     stdout+stderr, or the result, went over its byte limit
+    │   └── CallLimitExceeded       calls of functions (building blocks): too many, too big, too many at once
     ├── Overloaded              too many runs queued (HTTP 429)
     └── SandboxError            the sandbox itself failed, never the snippet's fault (HTTP 500)
 
@@ -46,6 +47,11 @@ class MemoryLimitExceeded(ExecutionError):
 
 class OutputLimitExceeded(ExecutionError):
     """stdout+stderr, or the returned value, went over its byte limit."""
+
+
+class CallLimitExceeded(ExecutionError):
+    """The run's calls of its functions went over a limit: calls per run, bytes
+    of one call's arguments or of one result, or calls in flight at once."""
 
 
 class Overloaded(JailError):

@@ -19,6 +19,11 @@ class Limits:
     result_bytes: int = 8 * MiB  # the result message on fd 3
     processes: int = 64  # threads count too: cgroup pids.max and RLIMIT_NPROC
     open_files: int = 256  # RLIMIT_NOFILE
+    # Building blocks (functions given to a run): over any of these, CallLimitExceeded.
+    calls: int = 1000  # calls per run
+    call_bytes: int = MiB  # one call's arguments, as JSON with their types map
+    call_result_bytes: int = MiB  # one function's result, as JSON with its types map
+    calls_in_flight: int = 64  # calls started and not yet answered, at once
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -35,7 +40,8 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 # Per-call limits above these are capped to them.
 MAX_LIMITS = Limits(timeout_ms=30_000, memory_mb=1024, output_bytes=16 * MiB, result_bytes=64 * MiB,
-                    processes=256, open_files=1024)
+                    processes=256, open_files=1024, calls=10_000, call_bytes=16 * MiB,
+                    call_result_bytes=16 * MiB, calls_in_flight=256)
 
 
 @dataclasses.dataclass(frozen=True)

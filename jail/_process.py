@@ -35,6 +35,8 @@ class Stats:
     # How the run's cpu, summed over its processes, was held to limits.cpu_seconds:
     # "quota" (one cpu at most), "accounting" (ended once over), "rlimit" (per process only).
     cpu_bound: str = "rlimit"
+    calls: int = 0  # calls of the run's functions (building blocks)
+    call_ms: float = 0.0  # their time on the host, summed (it counts against the wall clock)
 
 
 @dataclasses.dataclass
@@ -50,6 +52,7 @@ class Outcome:
     # The harness sent its message and closed stdout, stderr and the channel:
     # the run was answered then, and its exit was not waited for.
     answered_at_result: bool = False
+    call_error: object = None  # the ExecutionError a call ended the run with (a call limit, malformed calls)
 
     @property
     def seccomp_killed(self) -> bool:
@@ -122,17 +125,19 @@ def start(backend, spec, harness=False) -> Started:
     return Started(backend, sandbox, host_fds, private_channel=harness and spec.runtime.name == "python")
 
 
-async def execute(backend, spec, stdin: bytes = b"", on_output=None, harness=False) -> Outcome:
+async def execute(backend, spec, stdin: bytes = b"", on_output=None, harness=False, calls=None) -> Outcome:
     """Runs spec on backend in a fresh sandbox. ``on_output(stream, data)``
     (if given) sees stdout/stderr chunks as they arrive."""
     started = time.monotonic()
-    return await communicate(start(backend, spec, harness), spec.limits, stdin, on_output, started)
+    return await communicate(start(backend, spec, harness), spec.limits, stdin, on_output, started, calls=calls)
 
 
 async def communicate(running: Started, limits, stdin: bytes = b"", on_output=None, started=None,
-                      warm=False) -> Outcome:
+                      warm=False, calls=None) -> Outcome:
     """Feeds stdin to a started sandbox and reads it to its end within limits;
-    the wall clock runs from ``started`` (default: now)."""
+    the wall clock runs from ``started`` (default: now). ``calls`` (a
+    jail._calls.Calls, for a run given functions) then keeps stdin open for
+    its replies and reads the calls that come before the result message."""
     loop = asyncio.get_running_loop()
     started = time.monotonic() if started is None else started
     backend, sandbox, host_fds = running.backend, running.sandbox, running.host_fds
@@ -170,11 +175,15 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
             open_fds.discard(fd)
             if not open_fds and not drained.done():
                 drained.set_result(None)
-                if at_result and buffers[result_fd] and not any(flags.values()):
+                if at_result and not any(flags.values()) and (
+                        buffers[result_fd] if calls is None else calls.tail and calls.error is None):
                     finish("result")
             return
         if flags["output_exceeded"] or flags["result_exceeded"]:
             return  # being killed: what still comes is dropped
+        if calls is not None and fd == result_fd:
+            calls.feed(data)  # calls, then the message; kills the sandbox itself when they go wrong
+            return
         if names[fd] == "result":
             if len(buffers[fd]) + len(data) > limits.result_bytes:
                 over_limit("result_exceeded")
@@ -210,7 +219,9 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         os.set_blocking(fd, False)
     for fd in out_fds:
         loop.add_reader(fd, on_readable, fd)
-    if pending_stdin:
+    if calls is not None:
+        calls.start(loop, stdin_fd, stdin, sandbox.kill)
+    elif pending_stdin:
         loop.add_writer(stdin_fd, on_writable)
     else:
         close_stdin()
@@ -227,6 +238,8 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
     except asyncio.TimeoutError:
         raise SandboxError("the sandbox's output pipes stayed open after it exited")
     finally:
+        if calls is not None:
+            calls.cancel()  # a call never outlives its run
         timer.cancel()
         if cpu_watch is not None:
             cpu_watch.cancel()
@@ -242,11 +255,17 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         else:
             status, usage, finished = running.end()
 
+    call_fields = {}
+    if calls is not None:
+        await calls.settle()
+        buffers[result_fd] = calls.tail
+        flags["result_exceeded"] = calls.result_exceeded
+        call_fields = {"calls": calls.count, "call_ms": round(calls.seconds * 1000, 3)}
     wall_ms = (time.monotonic() - started) * 1000
     if how == "result":
         stats = Stats(backend=getattr(backend, "name", "?"), wall_ms=round(wall_ms, 3),
                       cpu_ms=round(cpu_seconds * 1000, 3), peak_memory=peak_memory, exit_code=None,
-                      signal=None, cgroup=cgroup, warm=warm, cpu_bound=cpu_bound)
+                      signal=None, cgroup=cgroup, warm=warm, cpu_bound=cpu_bound, **call_fields)
         return Outcome(stdout=bytes(buffers[out_fds[0]]), stderr=bytes(buffers[out_fds[1]]),
                        result=bytes(buffers[result_fd]), stats=stats, answered_at_result=True,
                        timed_out=cpu_seconds >= limits.cpu_seconds)
@@ -267,6 +286,7 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         cgroup=finished.cgroup,
         warm=warm,
         cpu_bound=finished.cpu_bound,
+        **call_fields,
     )
     failure = None if buffers[out_fds[2]] else sandbox.setup_failure(bytes(buffers[out_fds[1]]), exit_code)
     if failure:
@@ -284,6 +304,7 @@ async def communicate(running: Started, limits, stdin: bytes = b"", on_output=No
         result=bytes(buffers[out_fds[2]]),
         stats=stats,
         oom_killed=finished.oom_killed,
+        call_error=calls.error if calls is not None else None,
         **flags,
     )
 

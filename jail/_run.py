@@ -10,15 +10,17 @@ import dataclasses
 import json
 import keyword
 import math
+import uuid
 
-from jail import _backends, _codec, _pool, _process, _runtime, _sandbox
+from jail import _backends, _calls, _codec, _pool, _process, _runtime, _sandbox
 from jail._errors import (ExecutionError, MemoryLimitExceeded, OutputLimitExceeded, RequestError,
                           TimeLimitExceeded)
 from jail._policy import DEFAULT_POLICY, Limits, Policy
 
 LANGUAGES = tuple(_runtime.LANGUAGES)
 # Per-call limits a caller may set (the rest are the policy's alone).
-CALLER_LIMITS = ("timeout_ms", "memory_mb", "output_bytes")
+CALLER_LIMITS = ("timeout_ms", "memory_mb", "output_bytes", "calls", "call_bytes", "call_result_bytes",
+                 "calls_in_flight")
 MIN_MEMORY_MB = 64  # Node hangs at start under a 32 MiB data limit
 
 JS_RESERVED = frozenset("""
@@ -46,19 +48,19 @@ def _check_language(language):
         raise RequestError(f"language: unknown language {language!r}: choose one of {', '.join(LANGUAGES)}")
 
 
-def _check_scope_key(key, language):
+def _check_scope_key(key, language, field="scope"):
     if not isinstance(key, str):
-        raise RequestError(f"scope: keys must be strings, not {type(key).__name__}")
+        raise RequestError(f"{field}: keys must be strings, not {type(key).__name__}")
     if language == "python":
         if not key.isidentifier():
-            raise RequestError(f"scope: {key!r} is not a Python identifier")
+            raise RequestError(f"{field}: {key!r} is not a Python identifier")
         if keyword.iskeyword(key) or key == "__debug__":
-            raise RequestError(f"scope: {key!r} is a reserved word in Python")
+            raise RequestError(f"{field}: {key!r} is a reserved word in Python")
     else:
         if not key.replace("$", "_").isidentifier():
-            raise RequestError(f"scope: {key!r} is not a JavaScript identifier")
+            raise RequestError(f"{field}: {key!r} is not a JavaScript identifier")
         if key in JS_RESERVED:
-            raise RequestError(f"scope: {key!r} is a reserved word in JavaScript")
+            raise RequestError(f"{field}: {key!r} is a reserved word in JavaScript")
 
 
 def _scope_json(scope, types, language):
@@ -140,6 +142,8 @@ def _read_outcome(outcome, limits, stdout, stderr) -> Result:
     managed to write before it was killed does not count), then the message."""
     if outcome.timed_out:
         raise _limit_error(TimeLimitExceeded, f"the snippet ran for more than {limits.timeout_ms} ms")
+    if outcome.call_error is not None:  # a call over a limit, or malformed call traffic
+        raise outcome.call_error
     if outcome.output_exceeded:
         raise _limit_error(OutputLimitExceeded, f"stdout and stderr went over {limits.output_bytes} bytes")
     if outcome.result_exceeded:
@@ -240,9 +244,13 @@ class Prepared:
     policy: Policy
     limits: Limits
     request: bytes  # the harness's stdin
+    functions: dict = dataclasses.field(default_factory=dict)  # name -> jail._calls.Function
+    context: object = None  # for the functions, never the snippet
+    request_id: str = ""
 
 
-def prepare(code, language="python", scope=None, *, types=None, limits=None, policy=None) -> Prepared:
+def prepare(code, language="python", scope=None, *, types=None, limits=None, policy=None, functions=None,
+            context=None, request_id=None) -> Prepared:
     """Checks the arguments of run() (RequestError) without running anything."""
     if not isinstance(code, str):
         raise RequestError(f"code: must be a string, not {type(code).__name__}")
@@ -252,43 +260,74 @@ def prepare(code, language="python", scope=None, *, types=None, limits=None, pol
         raise RequestError(f"policy: must be a jail.Policy, not {type(policy).__name__}")
     scope_json, scope_types = _scope_json(scope, types, language)
     run_limits = _limits(limits, policy)
+    fields = {"code": code, "scope": scope_json, "types": scope_types}
+    checked = _calls.check_functions(functions, language, scope_json, _check_scope_key) if functions else {}
+    if checked:
+        fields["functions"] = list(checked)
+    if context is not None:
+        try:
+            json.dumps(context, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise RequestError(f"context: must be JSON (dicts, lists, strings, numbers, booleans, None): "
+                               f"{exc}") from None
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(f"request_id: must be a string, not {type(request_id).__name__}")
+    if checked and not request_id:
+        request_id = uuid.uuid4().hex
     # ASCII escapes carry lone surrogates, which UTF-8 cannot.
-    request = json.dumps({"code": code, "scope": scope_json, "types": scope_types}, allow_nan=False).encode()
-    return Prepared(language, policy, run_limits, request)
+    request = json.dumps(fields, allow_nan=False).encode()
+    return Prepared(language, policy, run_limits, request, checked, context, request_id or "")
 
 
-async def run_prepared(prepared: Prepared, on_output=None) -> Result:
+async def run_prepared(prepared: Prepared, on_output=None, on_call=None) -> Result:
     """Runs a prepared request in a fresh sandbox: a warm one if the pool has
     one made as this request's would be, else a new one. ``on_output(stream,
-    data)`` sees stdout/stderr bytes as they arrive."""
+    data)`` sees stdout/stderr bytes as they arrive; ``on_call(name, ms,
+    outcome)`` each call of a function as it ends ("ok", "error", "cancelled")."""
+    calls = None
+    if prepared.functions:
+        calls = _calls.Calls(prepared.functions, prepared.context, prepared.request_id, prepared.language,
+                             prepared.limits, on_call)
     pool = _pool.default_pool()
     warm = await pool.take_async(prepared.language, prepared.policy, prepared.limits)
     if warm is not None:
         try:
-            outcome = await _process.communicate(warm, prepared.limits, prepared.request, on_output, warm=True)
+            outcome = await _process.communicate(warm, prepared.limits, prepared.request, on_output, warm=True,
+                                                 calls=calls)
         finally:
             pool.done()
     else:
         spec = _sandbox.harness_spec(prepared.language, prepared.policy, prepared.limits)
         outcome = await _process.execute(_backends.get(prepared.policy.backend), spec, prepared.request, on_output,
-                                         harness=True)
+                                         harness=True, calls=calls)
     return _interpret(outcome, prepared.limits)
 
 
-async def run_async(code, language="python", scope=None, *, types=None, limits=None, policy=None) -> Result:
+async def run_async(code, language="python", scope=None, *, types=None, limits=None, policy=None, functions=None,
+                    context=None, request_id=None) -> Result:
     """Runs code in a fresh sandbox; see run()."""
-    return await run_prepared(prepare(code, language, scope, types=types, limits=limits, policy=policy))
+    return await run_prepared(prepare(code, language, scope, types=types, limits=limits, policy=policy,
+                                      functions=functions, context=context, request_id=request_id))
 
 
-def run(code, language="python", scope=None, *, types=None, limits=None, policy=None) -> Result:
+def run(code, language="python", scope=None, *, types=None, limits=None, policy=None, functions=None, context=None,
+        request_id=None) -> Result:
     """Runs a snippet (a function body: ``return`` gives the output) in a
     fresh sandbox and returns its Result.
 
     ``scope`` keys become real variables of the snippet; its values may be
     Python values (datetime, int, bytes, Decimal, float) or their JSON forms
     described by ``types`` (JSON Pointer -> type name). ``limits`` overrides
-    ``timeout_ms``, ``memory_mb`` or ``output_bytes``, capped by the policy.
+    ``timeout_ms``, ``memory_mb`` or ``output_bytes`` (and the call limits),
+    capped by the policy.
+
+    ``functions`` ({name: callable}, sync or async) are the host's functions
+    the snippet may call by name (building blocks); ``context`` (JSON) goes to
+    those that declare a keyword-only ``context`` parameter, as a
+    jail.CallContext with ``request_id`` (made up when not given), never to
+    the snippet.
 
     Raises RequestError, ExecutionError (and its limit subclasses) or SandboxError.
     """
-    return _process.run_sync(run_async(code, language, scope, types=types, limits=limits, policy=policy))
+    return _process.run_sync(run_async(code, language, scope, types=types, limits=limits, policy=policy,
+                                       functions=functions, context=context, request_id=request_id))
