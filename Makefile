@@ -11,9 +11,13 @@ PORT ?= 8000
 # libcap-dev: python-prctl builds against it. libseccomp2: pyseccomp loads it.
 # bubblewrap: the bwrap reference backend. nodejs: the JavaScript runtime.
 # python3: the system interpreter the unprivileged test run uses (see tests/security).
-APT_PACKAGES := build-essential python3 libcap-dev libseccomp2 bubblewrap nodejs util-linux
+# hey: the soak test's steady-load HTTP client (docs/soak.md).
+APT_PACKAGES := build-essential python3 libcap-dev libseccomp2 bubblewrap nodejs util-linux hey
 
-.PHONY: serve test bench setup system-packages clean
+# make soak: the soak test at its full length (docs/soak.md); `make test` runs its short form.
+SOAK_SECONDS ?= 600
+
+.PHONY: serve test soak bench setup system-packages clean
 .DEFAULT_GOAL := test
 
 serve: setup
@@ -21,6 +25,9 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+soak: setup
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/soak -s -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m jail.bench $(BENCH_ARGS)
