@@ -148,7 +148,7 @@ def _read_outcome(outcome, limits, stdout, stderr) -> Result:
         raise _limit_error(OutputLimitExceeded, f"stdout and stderr went over {limits.output_bytes} bytes")
     if outcome.result_exceeded:
         raise _limit_error(OutputLimitExceeded, f"the returned value went over {limits.result_bytes} bytes")
-    if outcome.oom_killed or "JavaScript heap out of memory" in stderr or "Reached heap limit" in stderr:
+    if outcome.oom_killed or _died_out_of_memory(outcome, stderr):
         raise MemoryLimitExceeded(_memory_message(limits), name="MemoryLimitExceeded")
     if outcome.seccomp_killed:
         raise _limit_error(ExecutionError, "the snippet made a forbidden system call and was killed")
@@ -164,6 +164,21 @@ def _read_outcome(outcome, limits, stdout, stderr) -> Result:
         return Result(output=output, stdout=stdout, stderr=stderr, stats=outcome.stats,
                       value=message["value"], types=types)
     raise _execution_error(message["error"], limits)
+
+
+# What a runtime prints as it dies for want of memory (V8's heap, or a C++
+# allocation its rlimit refused: "terminate called ... std::bad_alloc").
+OUT_OF_MEMORY = ("JavaScript heap out of memory", "Reached heap limit", "Fatal process out of memory",
+                 "std::bad_alloc", "MemoryError")
+
+
+def _died_out_of_memory(outcome, stderr) -> bool:
+    """A run that ended without its result, by a signal, and whose last
+    words say it ran out of memory. (Words a snippet printed itself change
+    nothing for a run that returned, or that exited on its own.)"""
+    if outcome.result or outcome.stats.signal is None:
+        return False
+    return any(marker in stderr[-4096:] for marker in OUT_OF_MEMORY)
 
 
 def _message(outcome):

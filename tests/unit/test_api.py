@@ -99,3 +99,32 @@ def test_the_http_folder_does_not_shadow_the_standard_library():
     assert out.returncode == 0, out.stderr
     assert not out.stdout.strip().startswith(str(root))
     assert not (root / "http" / "__init__.py").exists()
+
+
+def _died(stderr: bytes, signal=11, result=b""):
+    from jail import _process
+
+    stats = _process.Stats(backend="native", wall_ms=1.0, cpu_ms=1.0, peak_memory=0, exit_code=None,
+                           signal=signal, cgroup="v1")
+    return _process.Outcome(stdout=b"", stderr=stderr, result=result, stats=stats)
+
+
+@pytest.mark.parametrize("last_words", [
+    b"terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n",
+    b"FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory\n",
+])
+def test_a_runtime_that_dies_for_want_of_memory_is_a_memory_error(last_words):
+    """The soak found Node's C++ allocations refused by its rlimit answered as
+    ExitError: killed by signal 11 (4 in 40 memory bombs)."""
+    from jail import _run
+
+    with pytest.raises(jail.MemoryLimitExceeded):
+        _run._interpret(_died(last_words), jail.DEFAULT_POLICY.limits)
+
+
+@pytest.mark.parametrize("language,code", [
+    ("javascript", "console.error('FATAL ERROR: Reached heap limit'); return 1"),
+    ("python", "import sys\nprint('std::bad_alloc JavaScript heap out of memory', file=sys.stderr)\nreturn 1"),
+])
+def test_words_a_snippet_prints_never_turn_its_result_into_a_memory_error(language, code):
+    assert jail.run(code, language).output == 1
