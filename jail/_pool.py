@@ -3,7 +3,8 @@
 A warm sandbox is a full sandbox (namespaces, limits, seccomp filter) whose
 interpreter has already loaded the harness and is blocked reading its request
 on stdin. A request takes one, gives it its input and reads it to its end like
-any other run; the sandbox is never used again, and a refill thread starts a
+any other run; the sandbox is never used again, and the language's refill
+thread (one per language: a busy language never starves another) starts a
 replacement. Two snippets never share a process, a namespace, a file or a module.
 
 A request is served warm only when the warm sandbox was made exactly as its own
@@ -57,7 +58,7 @@ SHRINK_EVERY = 5.0  # ... and one more every this many seconds, down to its conf
 IDLE_CHECK = 0.5  # seconds between looks at a full pool's idle sandboxes (one killed from outside is replaced)
 ZYGOTE_RETRY = 5.0  # seconds after a zygote failed before a new one is tried
 STALLED = 5.0  # seconds a pool may stay short of its size without making a sandbox before it counts as degraded
-STOP_TIMEOUT = 5.0  # seconds stop() waits in all for the refill thread, the reaper and the zygotes
+STOP_TIMEOUT = 5.0  # seconds stop() waits in all for the refill threads, the reaper and the zygotes
 
 
 def _max_size_from_environment() -> int:
@@ -107,7 +108,7 @@ class WarmPool:
         self._zygotes = {}  # language -> its Zygote for the current policy
         self.zygote_off = {}  # language -> why its warm sandboxes are spawned, not forked
         self._zygote_retry = {}  # language -> when a zygote that failed may be tried again
-        self._thread = None
+        self._threads = {}  # language -> its refill thread (one each: a busy language never starves another)
         self._stopping = False
         self._short_since = {}  # language -> when it last went short of its size (while short)
         self._last_made = {}  # language -> when a refill last added sandboxes
@@ -151,13 +152,16 @@ class WarmPool:
             self.stop()
 
     def _start_refill(self) -> None:
-        """(with the lock) The refill thread, unless it runs."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stopping = False
-            self._thread = _supervise.start("jail-warm-pool", self._refill, stopped=lambda: self._stopping)
+        """(with the lock) Each language's refill thread, unless it runs."""
+        self._stopping = False
+        for language in LANGUAGES:
+            thread = self._threads.get(language)
+            if thread is None or not thread.is_alive():
+                self._threads[language] = _supervise.start(f"jail-warm-pool-{language}", self._refill,
+                                                           args=(language,), stopped=lambda: self._stopping)
 
     def stop(self, timeout=STOP_TIMEOUT) -> None:
-        """Ends the refill thread and the idle sandboxes, and stops the zygotes
+        """Ends the refill threads and the idle sandboxes, and stops the zygotes
         (each ends once its last child, a run in flight, is gone); waits at
         most timeout seconds in all: whatever is left then dies with this
         process (every sandbox's parent-death signal)."""
@@ -167,9 +171,10 @@ class WarmPool:
             self._stopping = True
             self._dormant = {}
             self._wake.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(remaining())
+            threads = list(self._threads.values())
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(remaining())
         with self._lock:
             idle = [running for queue in self._ready.values() for running in queue]
             for queue in self._ready.values():
@@ -322,18 +327,17 @@ class WarmPool:
             self._not_before = time.monotonic() + _process.SETTLE
             self._wake.notify_all()
 
-    def _refill(self) -> None:
+    def _refill(self, language) -> None:
         while True:
             with self._lock:
-                while not self._stopping and not self._missing():
-                    gone = self._shrink_idle() + self._dead_idle()
+                while not self._stopping and not self._missing(language):
+                    gone = self._shrink_idle(language) + self._dead_idle(language)
                     for running in gone:
                         _process.end_later(running)
                     if not gone:
                         self._wake.wait(IDLE_CHECK)
                 if self._stopping:
                     return
-                language = self._missing()
                 wait = self._not_before - time.monotonic()
                 if wait > 0 and self._ready[language]:
                     self._wake.wait(wait)
@@ -365,7 +369,7 @@ class WarmPool:
             try:
                 self._make(language, policy, count, deliver)
             except Exception as exc:  # logged and counted; the cold path reports it to callers; do not spin
-                _supervise.failed("jail-warm-pool", exc)
+                _supervise.failed(f"jail-warm-pool-{language}", exc)
                 time.sleep(1)
                 continue
             if not delivered:
@@ -421,38 +425,34 @@ class WarmPool:
             zygote.stop()
         return None
 
-    def _dead_idle(self) -> list:
+    def _dead_idle(self, language) -> list:
         """(with the lock) Idle sandboxes that died while they waited (killed
         from outside), taken out of the pool: their places are made again."""
-        dead = []
-        for language, queue in self._ready.items():
-            for running in [each for each in queue if not _alive(each)]:
-                queue.remove(running)
-                dead.append(running)
-                _log_idle_death(language, running)
+        queue = self._ready[language]
+        dead = [each for each in queue if not _alive(each)]
+        for running in dead:
+            queue.remove(running)
+            _log_idle_death(language, running)
         return dead
 
-    def _shrink_idle(self) -> list:
+    def _shrink_idle(self, language) -> list:
         """(with the lock) A language grown past its configured size, with no
         miss for SHRINK_AFTER seconds, gives back one sandbox every
         SHRINK_EVERY seconds: the ones it gives back (to be ended)."""
         now = time.monotonic()
-        given = []
-        for language, size in self._sizes.items():
-            if size <= self._configured.get(language, 0):
-                continue
-            if now - self._last_miss.get(language, 0.0) < SHRINK_AFTER:
-                continue
-            if now - self._last_shrink.get(language, 0.0) < SHRINK_EVERY:
-                continue
-            self._sizes[language] = size - 1
-            self._last_shrink[language] = now
-            if len(self._ready[language]) > self._sizes[language]:
-                given.append(self._ready[language].pop())
-        return given
+        size = self._sizes.get(language, 0)
+        if (size <= self._configured.get(language, 0) or now - self._last_miss.get(language, 0.0) < SHRINK_AFTER
+                or now - self._last_shrink.get(language, 0.0) < SHRINK_EVERY):
+            return []
+        self._sizes[language] = size - 1
+        self._last_shrink[language] = now
+        if len(self._ready[language]) > self._sizes[language]:
+            return [self._ready[language].pop()]
+        return []
 
-    def _missing(self):
-        return next((language for language, size in self._sizes.items() if len(self._ready[language]) < size), None)
+    def _missing(self, language) -> bool:
+        """(with the lock) Whether language has fewer ready than its size."""
+        return len(self._ready[language]) < self._sizes.get(language, 0)
 
 
 def _warm_limits(policy):

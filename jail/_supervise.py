@@ -25,19 +25,19 @@ _last_error = {}  # thread name -> (monotonic time, "ExceptionName: message")
 _checks = {}  # part -> callable giving why it is degraded, or None
 
 
-def start(name: str, work, stopped=lambda: False) -> threading.Thread:
-    """A daemon thread running work() until it returns (or stopped() says so),
-    started again whenever it raises."""
-    thread = threading.Thread(target=_run, args=(name, work, stopped), name=name, daemon=True)
+def start(name: str, work, stopped=lambda: False, args=()) -> threading.Thread:
+    """A daemon thread running work(*args) until it returns (or stopped() says
+    so), started again whenever it raises."""
+    thread = threading.Thread(target=_run, args=(name, work, stopped, args), name=name, daemon=True)
     thread.start()
     return thread
 
 
-def _run(name, work, stopped) -> None:
+def _run(name, work, stopped, args) -> None:
     pause = RESTART_PAUSE[0]
     while True:
         try:
-            work()
+            work(*args)
             return
         except Exception as exc:  # noqa: BLE001 - the point: nothing ends a background thread unseen
             failed(name, exc)

@@ -330,3 +330,28 @@ def test_other_backends_serve_warm_only_requests_of_the_cpu_limit_they_started_w
         assert result.stats.warm and result.output == [6, 7]
     finally:
         jail.warm_pool()
+
+
+def test_a_busy_language_never_starves_the_other_ones_refill():
+    """The soak found Python load starving JavaScript's refill (one refill
+    thread, Python first): JavaScript requests waited the whole fork wait and
+    went cold."""
+    jail.warm_pool(python=1, javascript=1, max_size=4)
+    try:
+        wait_until_full()
+        cold_before = dict(_pool.POOL.stats.cold)
+
+        async def steady(language, code, count, clients):
+            async def client():
+                for _ in range(count // clients):
+                    assert (await jail.run_async(code, language)).output == 2
+            await asyncio.gather(*(client() for _ in range(clients)))
+
+        async def both():
+            await asyncio.gather(steady("python", "return 1 + 1", 600, 4), steady("javascript", "return 1 + 1", 60, 1))
+
+        _process.run_sync(both())
+        assert _pool.POOL.stats.cold["javascript"] == cold_before.get("javascript", 0)
+        assert _pool.POOL.stats.cold["python"] == cold_before.get("python", 0)
+    finally:
+        jail.warm_pool()

@@ -106,7 +106,7 @@ def test_a_pool_that_cannot_refill_is_degraded_and_recovers(monkeypatch):
             time.sleep(0.05)
         why = _supervise.degraded()
         assert "python: 0 of 1 warm sandboxes ready" in why["warm pool"]
-        assert "no cgroup can be made" in why["thread jail-warm-pool"]
+        assert "no cgroup can be made" in why["thread jail-warm-pool-python"]
         broken["on"] = False
         deadline = time.monotonic() + 10
         while _supervise.degraded() and time.monotonic() < deadline:
