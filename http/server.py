@@ -131,6 +131,8 @@ class _PoolCollector:
 
 SETTINGS = web.AppKey("settings", Settings)
 GATE = web.AppKey("gate", Gate)
+IN_FLIGHT = web.AppKey("in_flight", set)  # the handler tasks of requests being answered
+STOPPING = web.AppKey("stopping", dict)  # {"now": True} once SIGTERM's grace period is over
 METRICS = web.AppKey("metrics", Metrics)
 
 
@@ -291,8 +293,20 @@ async def errors_logs_and_metrics(request: web.Request, handler):
     request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
     started = time.monotonic()
     headers = {"X-Request-Id": request_id}
+    task = asyncio.current_task()
+    request.app[IN_FLIGHT].add(task)
     try:
         response = await handler(request)
+    except asyncio.CancelledError:
+        if not request.app[STOPPING]:  # the client went away: its sandbox was killed; nobody to answer
+            _client_gone(request, request_id, started)
+            raise
+        # SIGTERM's grace period is over: the run was stopped, and is answered so.
+        task.uncancel()
+        request["outcome"] = "sandbox_error"
+        response = web.json_response({"error": {"type": "SandboxError", "message":
+                                      "the service is shutting down: the run was stopped"}}, status=503)
+        response.force_close()
     except jail.JailError as error:
         cls = _status_class(error)
         request["outcome"] = _outcome(error)
@@ -306,10 +320,14 @@ async def errors_logs_and_metrics(request: web.Request, handler):
                             else f"{exc.reason}: {request.method} {request.path}")
         if "Allow" in exc.headers:
             headers["Allow"] = exc.headers["Allow"]
+        if exc.status == 413:  # the rest of the body was not read: the connection cannot carry another request
+            response.force_close()
     except Exception:  # never a traceback to the client
         log.exception("internal error")
         request["outcome"] = "sandbox_error"
         response = web.json_response({"error": {"type": "SandboxError", "message": "internal error"}}, status=500)
+    finally:
+        request.app[IN_FLIGHT].discard(task)
     response.headers.update(headers)
     if request.path == "/evaluate":
         outcome = request.get("outcome", "ok")
@@ -370,8 +388,35 @@ def create_app(settings: Settings = None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app[IN_FLIGHT] = set()
+    app[STOPPING] = {}
+    app.on_shutdown.append(_stop_in_flight)
     app.cleanup_ctx.append(_warm_pool)
     return app
+
+
+def _client_gone(request, request_id, started) -> None:
+    """The line and the count of a request whose client went away mid-run."""
+    language = request.get("language", "unknown")
+    language = language if language in jail.LANGUAGES else "unknown"
+    request.app[METRICS].requests.labels(language, "client_gone").inc()
+    log.info(json.dumps({"request_id": request_id, "method": request.method, "path": request.path, "status": 499,
+                         "language": language, "outcome": "client_gone",
+                         "total_ms": round((time.monotonic() - started) * 1000, 2)}))
+
+
+async def _stop_in_flight(app):
+    """SIGTERM: runs in flight get shutdown_timeout_s to finish, then are
+    stopped (their sandboxes killed) and answered 503; the server then
+    closes at once (aiohttp alone would wait that long a second time)."""
+    pending = set(app[IN_FLIGHT])
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=app[SETTINGS].shutdown_timeout_s)
+    if pending:
+        app[STOPPING]["now"] = True
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=2)
 
 
 async def _warm_pool(app):

@@ -1,6 +1,7 @@
 """POST /evaluate and the operations endpoints, over HTTP against a live server."""
 
 import asyncio
+import io
 import json
 import pathlib
 import socket
@@ -265,6 +266,73 @@ def test_sigterm_kills_runs_that_outlast_the_bound(make_server):
     assert code == 0, out[-2000:]
     assert time.monotonic() - started < 5
     assert sandbox_processes() == []
+
+
+def test_sigterm_ends_within_its_timeout_and_answers_the_runs_it_stops(make_server):
+    """The soak found the server exiting ~22 s after SIGTERM with a 10 s
+    timeout: aiohttp waited the timeout once for the handler, then again after
+    cancelling it; and the stopped run was cut without an answer."""
+    server = make_server(shutdown_timeout_s=3)
+    terminated_at = {}
+
+    async def in_flight():
+        async with aiohttp.ClientSession() as session:
+            body = {"code": "import time\ntime.sleep(25)", "limits": {"timeout_ms": 30000}}
+            task = asyncio.ensure_future(session.post(server.url + "/evaluate", json=body))
+            await asyncio.sleep(0.5)
+            server.terminate()
+            terminated_at["t"] = time.monotonic()
+            response = await task
+            return response.status, await response.json()
+
+    status, body = asyncio.run(in_flight())
+    code, out = server.stop()
+    exited_after = time.monotonic() - terminated_at["t"]
+    assert code == 0, out[-2000:]
+    assert status == 503 and body["error"]["type"] == "SandboxError" and "shutting down" in body["error"]["message"]
+    assert exited_after < 3 + 1.5, f"exited {exited_after:.1f} s after SIGTERM"
+    assert sandbox_processes() == []
+
+
+def test_a_body_refused_before_it_is_sent_closes_the_connection(server):
+    """The soak found a 413 answered to `Expect: 100-continue` leaving the
+    connection open: the server then read the client's next request on it as
+    the refused body. The answer must say the connection ends there."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+        started = time.monotonic()
+        conn.sendall(b"POST /evaluate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 999999999\r\nExpect: 100-continue\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += conn.recv(65536)
+        head = answer.split(b"\r\n\r\n")[0].decode()
+    assert head.startswith("HTTP/1.1 413") and time.monotonic() - started < 2
+    assert "\r\nConnection: close" in head
+
+    async def reuse():  # a real client then takes a new connection for its next request
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server.url + "/evaluate", data=io.BytesIO(b"x" * (9 * 1024 * 1024)),
+                                    headers={"Content-Type": "application/json"}, expect100=True) as response:
+                assert response.status == 413
+            async with session.post(server.url + "/evaluate", json={"code": "return 5"}) as response:
+                return response.status, await response.json()
+
+    assert asyncio.run(asyncio.wait_for(reuse(), 10)) == (200, {"output": 5})
+
+
+def test_a_client_that_goes_away_is_logged_and_counted(make_server):
+    server = make_server()
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        body = json.dumps({"code": "import time\ntime.sleep(20)", "limits": {"timeout_ms": 30000}}).encode()
+        conn.sendall(b"POST /evaluate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"X-Request-Id: gone-1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(1)
+    time.sleep(0.5)
+    metrics = server.request("GET", "/metrics")[2].decode()
+    assert 'jail_requests_total{language="python",outcome="client_gone"} 1.0' in metrics
+    _, out = server.stop()
+    line = next(json.loads(text) for text in out.splitlines() if '"gone-1"' in text)
+    assert line["outcome"] == "client_gone" and line["status"] == 499
 
 
 # -- operations -----------------------------------------------------------------------------
