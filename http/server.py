@@ -22,13 +22,14 @@ from aiohttp.web_urldispatcher import _default_expect_handler  # "100 Continue" 
 import jail
 from jail import _pool, _run, _supervise, _zygote
 from jail._report import error_body, result_body
+from jail_http import blocks as jail_blocks
 from jail_http.settings import Settings, from_args
 
 log = logging.getLogger("jail_http")
 
-FIELDS = ("code", "language", "scope", "types", "limits")
+FIELDS = ("code", "language", "scope", "types", "limits", "blocks", "context")
 STATUS = {jail.RequestError: 400, jail.ExecutionError: 422, jail.Overloaded: 429, jail.SandboxError: 500}
-OUTCOMES = {jail.TimeLimitExceeded: "time_limit", jail.MemoryLimitExceeded: "memory_limit",
+OUTCOMES = {jail.TimeLimitExceeded: "time_limit", jail.CallLimitExceeded: "call_limit", jail.MemoryLimitExceeded: "memory_limit",
             jail.OutputLimitExceeded: "output_limit", jail.ExecutionError: "execution_error",
             jail.RequestError: "request_error", jail.Overloaded: "overloaded", jail.SandboxError: "sandbox_error"}
 NDJSON = "application/x-ndjson"
@@ -76,6 +77,11 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
         self.rejections = prometheus_client.Counter(
             "jail_rejections", "Requests refused because the queue was full", registry=self.registry)
+        self.block_calls = prometheus_client.Counter(
+            "jail_block_calls", "Calls of building blocks by block and outcome (ok, error, cancelled)",
+            ["block", "outcome"], registry=self.registry)
+        self.block_seconds = prometheus_client.Counter(
+            "jail_block_call_seconds", "Time spent in building blocks, by block", ["block"], registry=self.registry)
         running = prometheus_client.Gauge("jail_sandboxes_running", "Sandboxes running now", registry=self.registry)
         running.set_function(lambda: gate.running)
         queued = prometheus_client.Gauge("jail_queue_depth", "Requests waiting for a sandbox", registry=self.registry)
@@ -130,6 +136,7 @@ class _PoolCollector:
 
 
 SETTINGS = web.AppKey("settings", Settings)
+BLOCKS = web.AppKey("blocks", list)
 GATE = web.AppKey("gate", Gate)
 IN_FLIGHT = web.AppKey("in_flight", set)  # the handler tasks of requests being answered
 STOPPING = web.AppKey("stopping", dict)  # {"now": True} once SIGTERM's grace period is over
@@ -201,14 +208,47 @@ def _fields(data: dict) -> dict:
     if "code" not in data:
         raise jail.RequestError("code: missing (the snippet to run)")
     for name, kind, text in (("code", str, "a string"), ("language", str, "a string"), ("scope", dict, "an object"),
-                             ("types", dict, "an object"), ("limits", dict, "an object")):
+                             ("types", dict, "an object"), ("limits", dict, "an object"), ("blocks", list, "an array"),
+                             ("context", dict, "an object")):
         if name in data and not isinstance(data[name], kind):
             raise jail.RequestError(f"{name}: must be {text}, not {type(data[name]).__name__}")
     return data
 
 
-def _server_timing(**durations) -> str:
-    return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in durations.items())
+def _granted(names: list, registered: dict) -> dict:
+    """{name: callable} of the blocks a request names (default none); an unknown name is a RequestError."""
+    for name in names:
+        if not isinstance(name, str):
+            raise jail.RequestError(f"blocks: must be names (strings), not {type(name).__name__}")
+    unknown = sorted(set(names) - set(registered))
+    if unknown:
+        known = ", ".join(sorted(registered)) if registered else "none are registered (JAIL_BLOCKS)"
+        raise jail.RequestError(f"blocks: unknown block(s) {', '.join(map(repr, unknown))}; the blocks are: {known}")
+    return {name: registered[name] for name in names}
+
+
+def _call_counter(request: web.Request, on_line=None):
+    """on_call for run_prepared: counts each call in /metrics and the request's
+    stats; ``on_line`` (streams) gets its line."""
+    metrics = request.app[METRICS]
+    totals = request["calls"] = {"count": 0, "seconds": 0.0}
+
+    def on_call(name, ms, outcome):
+        metrics.block_calls.labels(name, outcome).inc()
+        metrics.block_seconds.labels(name).inc(ms / 1000)
+        totals["count"] += 1
+        totals["seconds"] += ms / 1000
+        if on_line is not None and outcome != "cancelled":
+            on_line({"call": {"name": name, "ms": round(ms, 3), "ok": outcome == "ok"}})
+
+    return on_call
+
+
+def _server_timing(calls=None, **durations) -> str:
+    timing = ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in durations.items())
+    if calls is not None:  # a run given blocks: its calls and their time on the host
+        timing += f', calls;dur={calls["seconds"] * 1000:.1f};desc="{calls["count"]} calls"'
+    return timing
 
 
 async def evaluate(request: web.Request) -> web.StreamResponse:
@@ -217,20 +257,23 @@ async def evaluate(request: web.Request) -> web.StreamResponse:
     fields = _fields(await _read_json(request, settings.max_body_bytes))
     request["language"] = fields.get("language", "python")
     # Over HTTP the scope is JSON: it goes to the snippet as it is (types={} not None).
+    functions = _granted(fields.get("blocks", []), settings.block_functions)
     prepared = _run.prepare(fields["code"], request["language"], fields.get("scope", {}),
-                            types=fields.get("types", {}), limits=fields.get("limits"), policy=settings.policy)
+                            types=fields.get("types", {}), limits=fields.get("limits"), policy=settings.policy,
+                            functions=functions, context=fields.get("context"), request_id=request["request_id"])
     async with gate.slot():
         request["queue_s"] = time.monotonic() - started
         if NDJSON in request.headers.get("Accept", ""):
             return await _stream(request, prepared)
+        on_call = _call_counter(request) if functions else None
         run_started = time.monotonic()
         try:
-            result = await _run.run_prepared(prepared)
+            result = await _run.run_prepared(prepared, on_call=on_call)
         finally:
             request["run_s"] = time.monotonic() - run_started
     response = web.json_response(result_body(result))
-    response.headers["Server-Timing"] = _server_timing(queue=request["queue_s"], sandbox=request["run_s"],
-                                                       total=time.monotonic() - started)
+    response.headers["Server-Timing"] = _server_timing(request.get("calls"), queue=request["queue_s"],
+                                                       sandbox=request["run_s"], total=time.monotonic() - started)
     return response
 
 
@@ -261,10 +304,18 @@ async def _stream(request: web.Request, prepared) -> web.StreamResponse:
         while (line := await lines.get()) is not None:
             await response.write(json.dumps(line).encode() + b"\n")
 
+    def on_line(line):  # a call's line: what the snippet printed before it goes first, even unfinished
+        for stream, text in pending.items():
+            if text:
+                lines.put_nowait({stream: text})
+                pending[stream] = ""
+        lines.put_nowait(line)
+
     writer = asyncio.create_task(write_lines())
+    on_call = _call_counter(request, on_line) if prepared.functions else None
     run_started = time.monotonic()
     try:
-        result = await _run.run_prepared(prepared, on_output=on_output)
+        result = await _run.run_prepared(prepared, on_output=on_output, on_call=on_call)
         final, request["status"] = result_body(result), 200
     except jail.JailError as error:
         final, request["status"] = error_body(error), STATUS[_status_class(error)]
@@ -290,7 +341,7 @@ def _outcome(error):
 @web.middleware
 async def errors_logs_and_metrics(request: web.Request, handler):
     """Maps errors to DESIGN.md's table, logs one JSON line, counts the request."""
-    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request_id = request["request_id"] = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
     started = time.monotonic()
     headers = {"X-Request-Id": request_id}
     task = asyncio.current_task()
@@ -343,6 +394,8 @@ async def errors_logs_and_metrics(request: web.Request, handler):
             "status": request.get("status", response.status), "language": language, "outcome": outcome,
             "queue_ms": round(request.get("queue_s", 0) * 1000, 2), "run_ms": round(request.get("run_s", 0) * 1000, 2),
             "total_ms": round((time.monotonic() - started) * 1000, 2),
+            **({"calls": request["calls"]["count"], "calls_ms": round(request["calls"]["seconds"] * 1000, 2)}
+               if "calls" in request else {}),
         }))
     return response
 
@@ -377,17 +430,24 @@ async def openapi(request):
     return web.json_response(OPENAPI)
 
 
+async def blocks(request):
+    """The registered building blocks: name, parameters (JSON Schema), docstring."""
+    return web.json_response({"blocks": request.app[BLOCKS]})
+
+
 def create_app(settings: Settings = None) -> web.Application:
     settings = settings or Settings()
     app = web.Application(middlewares=[errors_logs_and_metrics], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[GATE] = Gate(settings.max_concurrency, settings.queue_depth, settings.retry_after_s)
     app[METRICS] = Metrics(app[GATE])
+    app[BLOCKS] = jail_blocks.catalogue(settings.block_functions)
     app.router.add_post("/evaluate", evaluate, expect_handler=_continue_unless_too_large)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/blocks", blocks)
     app[IN_FLIGHT] = set()
     app[STOPPING] = {}
     app.on_shutdown.append(_stop_in_flight)

@@ -31,6 +31,9 @@ class Settings:
     pool_javascript: int = jail_pool.DEFAULT_SIZE
     # What each may grow to while the load needs more (forked pools only); idle, it shrinks back.
     pool_max: int = jail_pool.DEFAULT_MAX_SIZE
+    # The building blocks requests may call: "package.module:attribute", a mapping of
+    # names to callables (docs/blocks.md); empty: none.
+    blocks: str = ""
 
     def __post_init__(self):
         for name in ("port", "max_body_bytes", "max_concurrency", "retry_after_s"):
@@ -40,6 +43,14 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, not {getattr(self, name)}")
         self.policy  # checks the caps
+        self.block_functions  # imports and checks the blocks: a bad setting stops the start
+
+    @functools.cached_property
+    def block_functions(self) -> dict:
+        """{name: callable} of the blocks setting (ValueError saying what is wrong)."""
+        from jail_http import blocks
+
+        return blocks.load(self.blocks) if self.blocks else {}
 
     @functools.cached_property
     def policy(self) -> jail.Policy:
@@ -65,6 +76,8 @@ OPTIONS = {
     "pool_python": ("JAIL_POOL_PYTHON", int, "warm Python sandboxes kept ready (default 4; 0: off)"),
     "pool_javascript": ("JAIL_POOL_JAVASCRIPT", int, "warm JavaScript sandboxes kept ready (default 4; 0: off)"),
     "pool_max": ("JAIL_POOL_MAX", int, "what each language's pool may grow to under load (default 16)"),
+    "blocks": ("JAIL_BLOCKS", str, "building blocks requests may call: package.module:attribute, a mapping of "
+                                   "names to callables (default: none)"),
 }
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,12 +41,19 @@ class Server:
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    self._drain()
                     return
             except OSError:
                 if self.process.poll() is not None:
                     raise RuntimeError("the server died: " + self.process.stdout.read())
                 time.sleep(0.05)
         raise RuntimeError("the server did not answer /healthz within 30 s")
+
+    def _drain(self):
+        """Its output (a log line per request) read as it comes: a full pipe would block its loop."""
+        self.output = []
+        self._reader = threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True)
+        self._reader.start()
 
     def request(self, method, path, body=None, headers=None, timeout=60):
         """(status, headers, body bytes); never raises for an HTTP status."""
@@ -73,11 +81,13 @@ class Server:
         """SIGTERM; (exit code, everything it printed)."""
         self.terminate()
         try:
-            out, _ = self.process.communicate(timeout=30)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
-        return self.process.returncode, out
+            self.process.wait()
+        self._reader.join(timeout=10)
+        self.process.stdout.close()
+        return self.process.returncode, "".join(self.output)
 
 
 @pytest.fixture(scope="module")

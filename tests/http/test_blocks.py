@@ -1,0 +1,124 @@
+"""Building blocks over HTTP: JAIL_BLOCKS, GET /blocks, "blocks" and "context" in
+/evaluate, streamed call lines, Server-Timing and /metrics, all checked against
+the OpenAPI document."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from test_service import conforms
+
+FIXTURE = "tests.http.blocks_fixture:BLOCKS"
+
+
+@pytest.fixture(scope="module")
+def blocks_server():
+    from conftest import Server
+
+    running = Server(blocks=FIXTURE)
+    yield running
+    code, out = running.stop()
+    assert code == 0, out[-2000:]
+
+
+def test_blocks_lists_names_parameters_and_docstrings(blocks_server):
+    status, _, raw = blocks_server.request("GET", "/blocks")
+    body = json.loads(raw)
+    assert status == 200
+    conforms(body, "BlockList")
+    by_name = {block["name"]: block for block in body["blocks"]}
+    assert sorted(by_name) == ["add", "fail", "stamp", "tenant"]
+    assert by_name["add"] == {
+        "name": "add", "description": "Adds two integers.", "positional": ["a", "b"], "returns": {"type": "integer"},
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer", "default": 1}},
+                       "required": ["a"], "additionalProperties": False}}
+    assert by_name["tenant"]["parameters"]["properties"] == {}  # context is the host's, never listed
+    stamp = by_name["stamp"]
+    assert stamp["parameters"]["properties"]["when"]["format"] == "date-time"
+    assert stamp["parameters"]["properties"]["tags"] == {"anyOf": [{"type": "array", "items": {"type": "string"}},
+                                                                   {"type": "null"}], "default": None}
+    assert stamp["parameters"]["additionalProperties"] is True
+    assert stamp["returns"]["additionalProperties"]["format"] == "date-time"
+
+
+@pytest.mark.parametrize("language,code", [
+    ("python", "return add(2, b=3), tenant(), stamp(when)"),
+    ("javascript", "return [await add(2, 3), await tenant(), await stamp(when)]"),
+])
+def test_evaluate_calls_the_blocks_it_names_with_its_context(blocks_server, language, code):
+    body = {"code": code, "language": language, "blocks": ["add", "tenant", "stamp"], "context": {"tenant": "acme"},
+            "scope": {"when": "2024-03-01T12:00:00Z"}, "types": {"/when": "date"}}
+    status, headers, answer = blocks_server.evaluate(body)
+    assert status == 200, answer
+    conforms(answer, "EvaluateResponse")
+    assert answer["output"][:2] == [5, "acme"] and answer["types"] == {"/2/when": "date"}
+    timing = headers["Server-Timing"]
+    assert re.search(r'calls;dur=[0-9.]+;desc="3 calls"', timing), timing
+
+
+def test_a_run_without_blocks_has_no_calls_timing(blocks_server):
+    status, headers, answer = blocks_server.evaluate({"code": "return 1"})
+    assert status == 200 and "calls" not in headers["Server-Timing"]
+
+
+@pytest.mark.parametrize("body,text", [
+    ({"code": "return 1", "blocks": ["nope"]}, "blocks: unknown block(s) 'nope'; the blocks are: add, fail, stamp, tenant"),
+    ({"code": "return 1", "blocks": "add"}, "blocks: must be an array"),
+    ({"code": "return 1", "blocks": [1]}, "blocks: must be names"),
+    ({"code": "return 1", "blocks": ["add"], "context": [1]}, "context: must be an object"),
+    ({"code": "return 1", "blocks": ["add"], "scope": {"add": 1}}, "also a scope key"),
+    ({"code": "return 1", "limits": {"calls": 0}}, "limits.calls: must be a positive integer"),
+])
+def test_bad_blocks_fields_are_400(blocks_server, body, text):
+    status, _, answer = blocks_server.evaluate(body)
+    assert status == 400 and answer["error"]["type"] == "RequestError" and text in answer["error"]["message"], answer
+    conforms(answer, "ErrorResponse")
+
+
+def test_a_block_not_granted_is_not_a_name_of_the_snippet(blocks_server):
+    status, _, answer = blocks_server.evaluate({"code": "return add(1)", "blocks": ["tenant"]})
+    assert status == 422 and answer["error"]["name"] == "NameError", answer
+
+
+def test_call_limits_and_host_errors_over_http(blocks_server):
+    status, _, answer = blocks_server.evaluate({"code": "for i in range(3):\n    add(i)", "blocks": ["add"],
+                                                "limits": {"calls": 2}})
+    assert status == 422 and answer["error"]["type"] == "CallLimitExceeded", answer
+    conforms(answer, "ErrorResponse")
+    status, _, answer = blocks_server.evaluate({"code": "x = 1\nfail('no such row')", "blocks": ["fail"]})
+    assert status == 422 and answer["error"]["name"] == "ValueError" and answer["error"]["line"] == 2
+    assert answer["error"]["message"] == "ValueError: no such row"
+
+
+def test_streams_carry_a_line_per_call_and_metrics_count_them(blocks_server):
+    code = "print('before')\nadd(1)\ntry:\n    fail('x')\nexcept ValueError:\n    pass\nreturn 7"
+    status, _, raw = blocks_server.request("POST", "/evaluate", {"code": code, "blocks": ["add", "fail"]},
+                                           headers={"Accept": "application/x-ndjson"})
+    lines = [json.loads(line) for line in raw.decode().splitlines()]
+    assert status == 200 and lines[0] == {"stdout": "before\n"} and lines[-1] == {"output": 7, "stdout": "before\n"}
+    calls = [line["call"] for line in lines if "call" in line]
+    assert [(c["name"], c["ok"]) for c in calls] == [("add", True), ("fail", False)]
+    for line in lines:
+        if "call" in line:
+            conforms(line, "CallLine")
+    _, _, metrics = blocks_server.request("GET", "/metrics")
+    text = metrics.decode()
+    assert re.search(r'jail_block_calls_total\{block="add",outcome="ok"\} [1-9]', text)
+    assert re.search(r'jail_block_calls_total\{block="fail",outcome="error"\} [1-9]', text)
+    assert 'jail_block_call_seconds_total{block="add"}' in text
+
+
+@pytest.mark.parametrize("setting,text", [
+    ("nowhere.at_all:BLOCKS", "cannot import nowhere.at_all"),
+    ("tests.http.blocks_fixture", "expected package.module:attribute"),
+    ("tests.http.blocks_fixture:MISSING", "has no attribute 'MISSING'"),
+    ("tests.http.blocks_fixture:NOT_A_MAPPING", "not a mapping of names to callables"),
+    ("tests.http.blocks_fixture:BAD_NAME", "the name 'class' cannot be used"),
+])
+def test_a_bad_blocks_setting_stops_the_start_with_a_clear_message(setting, text):
+    result = subprocess.run([sys.executable, "-m", "jail_http", "--port", "1"], env={"JAIL_BLOCKS": setting},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and text in result.stderr and "JAIL_BLOCKS=" in result.stderr, result.stderr
+
