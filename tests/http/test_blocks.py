@@ -122,3 +122,82 @@ def test_a_bad_blocks_setting_stops_the_start_with_a_clear_message(setting, text
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and text in result.stderr and "JAIL_BLOCKS=" in result.stderr, result.stderr
 
+
+# -- the example module (examples/blocks.py), on a real SQLite file ---------------------------
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    from conftest import Server
+
+    path = tmp_path_factory.mktemp("example") / "kv.sqlite"
+    running = Server(blocks="examples.blocks:BLOCKS", example_db=str(path))
+    running.db = path
+    yield running
+    code, out = running.stop()
+    assert code == 0, out[-2000:]
+
+
+KV = ["kv_get", "kv_set", "kv_delete", "kv_keys"]
+
+
+def as_tenant(server, tenant, code, language="python", blocks=KV, **fields):
+    body = {"code": code, "language": language, "blocks": blocks, **fields}
+    if tenant is not None:
+        body["context"] = {"tenant": tenant}
+    return server.evaluate(body)
+
+
+@pytest.mark.parametrize("language,write,read", [
+    ("python", "kv_set('k', {'when': when, 'n': 2**70, 'raw': b'\\x01'})\nreturn kv_keys()",
+     "v = kv_get('k')\nreturn v and [type(v['when']).__name__, v['n'], kv_keys('')]"),
+    ("javascript", "await kv_set('k', {when, n: 2n ** 70n, raw: new Uint8Array([1])})\nreturn await kv_keys()",
+     "const v = await kv_get('k')\nreturn v && [v.when instanceof Date ? 'datetime' : '?', v.n, await kv_keys('')]"),
+])
+def test_each_tenant_has_its_own_rows_in_the_database_file(example, language, write, read):
+    import sqlite3
+
+    a, b = f"tenant-a-{language}", f"tenant-b-{language}"
+    scope = {"scope": {"when": "2024-03-01T12:00:00Z"}, "types": {"/when": "date"}}
+    status, _, answer = as_tenant(example, a, write, language, **scope)
+    assert status == 200 and answer["output"] == ["k"], answer
+    status, _, answer = as_tenant(example, a, read, language)
+    assert answer["output"] == ["datetime", "1180591620717411303424", ["k"]] and answer["types"] == {"/1": "bigint"}
+    status, _, answer = as_tenant(example, b, read, language)  # another tenant: nothing
+    assert status == 200 and answer["output"] is None, answer
+    with sqlite3.connect(example.db) as db:  # the rows, in the real file, keyed by tenant
+        rows = db.execute("SELECT tenant, key FROM kv WHERE tenant IN (?, ?)", (a, b)).fetchall()
+    assert rows == [(a, "k")]
+    status, _, answer = as_tenant(example, a, {"python": "return kv_delete('k'), kv_get('k')",
+                                               "javascript": "return [await kv_delete('k'), await kv_get('k')]"}
+                                  [language], language)
+    assert answer["output"] == [True, None]
+
+
+def test_the_store_needs_a_tenant_and_checks_its_arguments(example):
+    status, _, answer = as_tenant(example, None, "return kv_get('k')")
+    assert status == 422 and answer["error"]["name"] == "PermissionError" and "tenant" in answer["error"]["message"]
+    status, _, answer = as_tenant(example, "t", "try:\n    kv_set('', 1)\nexcept ValueError as e:\n    return str(e)")
+    assert answer["output"] == "a key is a string of 1 to 256 characters"
+    status, _, answer = as_tenant(example, "t", "kv_set('big', 'x' * 70000)")
+    assert status == 422 and answer["error"]["name"] == "ValueError" and "over 65536 bytes" in answer["error"]["message"]
+
+
+def test_the_clock_and_the_lookup(example):
+    status, _, answer = example.evaluate({"code": "return now(), country('fr'), country('zz'), len(country_codes())",
+                                          "blocks": ["now", "country", "country_codes"]})
+    assert status == 200 and answer["types"] == {"/0": "date"}, answer
+    assert answer["output"][1] == {"name": "France", "capital": "Paris", "currency": "EUR", "population": 68170228,
+                                   "code": "FR"}
+    assert answer["output"][2:] == [None, 10]
+    status, _, answer = example.evaluate({"code": "return (await now()) instanceof Date", "language": "javascript",
+                                          "blocks": ["now"]})
+    assert answer["output"] is True
+    _, _, raw = example.request("GET", "/blocks")
+    names = [block["name"] for block in json.loads(raw)["blocks"]]
+    assert names == sorted(KV + ["country", "country_codes", "now"])
+
+
+def test_the_example_without_its_database_setting_stops_the_start():
+    result = subprocess.run([sys.executable, "-m", "jail_http", "--port", "1"],
+                            env={"JAIL_BLOCKS": "examples.blocks:BLOCKS"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "set JAIL_EXAMPLE_DB" in result.stderr, result.stderr

@@ -1,0 +1,1 @@
+"""Examples a platform engineer would copy (DESIGN.md section 1)."""
