@@ -85,7 +85,7 @@ def read_request():
     """The request: one line of JSON, then EOF (no functions) or the host's replies."""
     chunks = []
     while True:
-        chunk = _read(0, 1 << 20)
+        chunk = _read(0, 65536)
         end = chunk.find(b"\n")
         if end >= 0:
             chunks.append(chunk[:end])

@@ -182,11 +182,14 @@ class Calls:
         self._loop = self._kill = None
         self._closed = False
         self._cancelled = []
+        self._backlog = 0
 
     # -- wiring --------------------------------------------------------------------------
 
     def start(self, loop, stdin_fd: int, request: bytes, kill) -> None:
         self._loop, self._fd, self._kill = loop, stdin_fd, kill
+        self._backlog = len(request) + 1 + self.limits.calls_in_flight * (self.limits.call_result_bytes +
+                                                                          FRAME_OVERHEAD)
         self._send(request + b"\n")
 
     @property
@@ -208,8 +211,8 @@ class Calls:
         if written < len(data):
             self._out += data[written:]
             self._loop.add_writer(self._fd, self._flush)
-        # A harness that does not read its replies: at most every call in flight's worth waits here.
-        if len(self._out) > self.limits.calls_in_flight * (self.limits.call_result_bytes + FRAME_OVERHEAD):
+        # A harness that does not read its replies: at most the request and every call in flight's worth waits here.
+        if len(self._out) > self._backlog:
             self._fail(_tampered("the sandbox does not read its replies"))
 
     def _flush(self) -> None:

@@ -1,4 +1,4 @@
-"""Blocks for tests/http/test_blocks.py (JAIL_BLOCKS=tests.http.blocks_fixture:BLOCKS)."""
+"""Blocks for tests/http/test_blocks_http.py (JAIL_BLOCKS=tests.http.blocks_fixture:BLOCKS)."""
 
 import datetime
 

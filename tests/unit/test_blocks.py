@@ -303,3 +303,10 @@ def test_time_in_calls_is_in_the_stats(policy):
 
     result = run(policy, "python", "nap(); nap()\nreturn 1", {"nap": nap})
     assert result.stats.calls == 2 and result.stats.call_ms >= 100 and result.stats.wall_ms >= result.stats.call_ms
+
+
+def test_a_large_request_with_small_call_limits_is_not_taken_for_a_harness_that_does_not_read(policy):
+    scope = {"blob": "x" * 300_000}
+    result = run(policy, "python", "return f(len(blob))", {"f": lambda n: n}, scope=scope,
+                 limits={"calls_in_flight": 1, "call_result_bytes": 100})
+    assert result.output == 300_000
