@@ -3,6 +3,7 @@
     make bench                       # or: python -m jail.bench [--runs N] [--json FILE]
     python -m jail.bench --launcher  # what the launcher adds to /usr/bin/env, python -c, node -e
     python -m jail.bench --load      # the service under hey at 1..64 connections: runs/s, p50/p99, pool misses
+    python -m jail.bench --calls     # one building-block call's round trip in a warm sandbox (also in make bench)
 
 For each language and each backend present, and for native's warm pool
 ("native-warm", the default pool: 4 per language, forked from zygotes): the bare interpreter's
@@ -368,6 +369,64 @@ def print_load_table(rows, seconds):
               f"{row['pool_cold']} | {row['pool_size']} |")
 
 
+CALL_SNIPPETS = {  # n calls of f, each timed inside the snippet: the round trip as the snippet sees it
+    "python": "import time\nout = []\nfor i in range(n):\n    t = time.perf_counter_ns()\n    f(i)\n"
+              "    out.append(time.perf_counter_ns() - t)\nreturn out",
+    "javascript": "const out = [];\nfor (let i = 0; i < n; i++) {\n  const t = process.hrtime.bigint();\n"
+                  "  await f(i);\n  out.push(Number(process.hrtime.bigint() - t));\n}\nreturn out",
+}
+
+
+def measure_calls(runs: int = 20, per_run: int = 50) -> list:
+    """Per language, in warm sandboxes: the median and p99 of one call of a
+    block (an async one, and a sync one, which runs on a thread), beside the
+    run's own latency (jail.run("return 1+1"))."""
+    async def echo_async(x):
+        return x
+
+    def echo_sync(x):
+        return x
+
+    jail.warm_pool(policy=WARM_POLICY, python=WARM_POOL, javascript=WARM_POOL)
+    rows = []
+    try:
+        for language in jail.LANGUAGES:
+            if not BARE[language]()[0]:
+                continue
+            row = {"language": language}
+            runs_ms = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                jail.run(SNIPPET, language, policy=WARM_POLICY)
+                runs_ms.append((time.perf_counter() - started) * 1000)
+                time.sleep(QUIET)
+            row["run_p50_ms"] = round(statistics.median(runs_ms), 3)
+            for kind, function in (("async", echo_async), ("sync", echo_sync)):
+                calls_ms, warm = [], True
+                for _ in range(runs):
+                    result = jail.run(CALL_SNIPPETS[language], language, {"n": per_run}, policy=WARM_POLICY,
+                                      functions={"f": function})
+                    warm = warm and result.stats.warm
+                    calls_ms += [ns / 1e6 for ns in result.output[5:]]  # the first calls warm the path up
+                    time.sleep(QUIET)
+                row[f"{kind}_call_p50_ms"] = round(statistics.median(calls_ms), 3)
+                row[f"{kind}_call_p99_ms"] = round(p99(calls_ms), 3)
+                row["warm"] = warm
+            rows.append(row)
+    finally:
+        jail.warm_pool(policy=WARM_POLICY)
+    return rows
+
+
+def print_calls_table(rows):
+    print("\n# one call of a building block, warm (timed in the snippet: frame out, host call, reply in)")
+    print("| language | run p50 ms | async call p50 ms | p99 ms | sync call p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['language']} | {row['run_p50_ms']} | {row['async_call_p50_ms']} | {row['async_call_p99_ms']} | "
+              f"{row['sync_call_p50_ms']} | {row['sync_call_p99_ms']} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m jail.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="interleaved rounds (default 40)")
@@ -376,10 +435,15 @@ def main(argv=None):
     parser.add_argument("--launcher", action="store_true", help="only what the launcher adds to a bare program")
     parser.add_argument("--load", action="store_true", help="only the service under hey at 1..64 connections")
     parser.add_argument("--seconds", type=int, default=10, help="--load: seconds of hey per level (default 10)")
+    parser.add_argument("--calls", action="store_true", help="only one building-block call's round trip, warm")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.burst < 2:
         parser.error("--runs must be at least 1 and --burst at least 2")
-    if args.load:
+    call_rows = None
+    if args.calls:
+        rows = call_rows = measure_calls()
+        print_calls_table(call_rows)
+    elif args.load:
         rows = measure_load(args.seconds)
         print_load_table(rows, args.seconds)
     elif args.launcher:
@@ -390,10 +454,13 @@ def main(argv=None):
         print("# an idle warm sandbox's own memory (its private pages): " + ", ".join(
             f"{k} {v['sandbox']} MiB" + (f" (its zygote: {v['zygote']} MiB resident, shared)" if "zygote" in v else "")
             for k, v in idle_rss.items()))
+        call_rows = measure_calls()
+        print_calls_table(call_rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "rows": rows,
-                       "idle_warm_rss_mib": None if args.launcher or args.load else idle_rss}, f, indent=2)
+                       "idle_warm_rss_mib": None if args.launcher or args.load or args.calls else idle_rss,
+                       "calls": call_rows}, f, indent=2)
 
 
 if __name__ == "__main__":
