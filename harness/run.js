@@ -88,6 +88,8 @@ class RequestError extends Error {}
 class Unrepresentable extends Error {}
 
 let channel = -1;
+// The request and the host's replies: fd 0, or in a zygote child a private fd (takeStdin).
+let input = 0;
 let sent = false;
 
 // -- step 1: take the result channel ------------------------------------------------------
@@ -118,7 +120,7 @@ function takeResultChannel() {
 
 // One line of JSON, then EOF (no functions) or the host's replies. (warmUp runs it on a
 // canned request, so that a zygote's children find its code compiled.)
-function readRequestText(read = (buffer) => readSync(0, buffer, 0, buffer.length, null)) {
+function readRequestText(read = (buffer) => readSync(input, buffer, 0, buffer.length, null)) {
   const chunks = [];
   const buffer = Buffer.allocUnsafeSlow(1 << 16);
   for (;;) {
@@ -526,7 +528,7 @@ function readReplies() {
   if (calls.reading || calls.inFlight === 0) return;
   calls.reading = true;
   if (calls.buffer === null) calls.buffer = Buffer.allocUnsafeSlow(1 << 16);
-  fsRead(0, calls.buffer, 0, TypedArrayLength(calls.buffer), null, onReplies);
+  fsRead(input, calls.buffer, 0, TypedArrayLength(calls.buffer), null, onReplies);
 }
 
 function onReplies(error, n) {
@@ -707,7 +709,8 @@ function becomeZygoteChild() {
   // copied on first write, and this way not on the request's time.
   warmUp(1);
   const fd = addon.exports.takeChannel();
-  if (fd < 0) reallyExit(NO_MESSAGE_EXIT);
+  input = addon.exports.takeStdin();  // the replies: where the snippet cannot read them
+  if (fd < 0 || input < 0) reallyExit(NO_MESSAGE_EXIT);
   return fd;
 }
 

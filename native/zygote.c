@@ -923,15 +923,37 @@ static napi_value take_channel_js(napi_env env, napi_callback_info info)
     return result;
 }
 
+/* takeStdin(): the host's end of the request and the call replies moved from
+ * fd 0 to a private close-on-exec fd, /dev/null put on 0, so that the snippet
+ * can neither read the replies nor steal them; -1 if it fails. */
+static napi_value take_stdin_js(napi_env env, napi_callback_info info)
+{
+    napi_value result;
+    int fd = fcntl(0, F_DUPFD_CLOEXEC, 10);
+    int null_fd = fd >= 0 ? open("/dev/null", O_RDONLY | O_CLOEXEC) : -1;
+
+    if (null_fd < 0 || dup2(null_fd, 0) < 0) {
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    if (null_fd >= 0)
+        close(null_fd);
+    napi_create_int32(env, fd, &result);
+    return result;
+}
+
 NAPI_MODULE_INIT()
 {
-    napi_value serve, exit_function, take_channel;
+    napi_value serve, exit_function, take_channel, take_stdin;
     if (napi_create_function(env, "serve", NAPI_AUTO_LENGTH, serve_js, NULL, &serve) != napi_ok ||
         napi_set_named_property(env, exports, "serve", serve) != napi_ok ||
         napi_create_function(env, "exit", NAPI_AUTO_LENGTH, exit_js, NULL, &exit_function) != napi_ok ||
         napi_set_named_property(env, exports, "exit", exit_function) != napi_ok ||
         napi_create_function(env, "takeChannel", NAPI_AUTO_LENGTH, take_channel_js, NULL, &take_channel) != napi_ok ||
-        napi_set_named_property(env, exports, "takeChannel", take_channel) != napi_ok)
+        napi_set_named_property(env, exports, "takeChannel", take_channel) != napi_ok ||
+        napi_create_function(env, "takeStdin", NAPI_AUTO_LENGTH, take_stdin_js, NULL, &take_stdin) != napi_ok ||
+        napi_set_named_property(env, exports, "takeStdin", take_stdin) != napi_ok)
         return NULL;
     return exports;
 }

@@ -343,3 +343,15 @@ def test_a_node_child_can_start_a_process(warm):
             "return [r.status, String(r.error)]")
     result = jail.run(code, "javascript", limits={"timeout_ms": 4000})
     assert result.stats.warm and result.output == [0, "undefined"]
+
+
+def test_a_node_childs_replies_are_not_on_its_stdin(warm):
+    """The host's replies to building-block calls come on a private fd (the
+    addon's takeStdin), as the result channel does: fd 0 is /dev/null, so a
+    snippet can neither read nor steal them."""
+    code = ("const fs = process.mainModule.require('fs');\n"
+            "const stolen = fs.readSync(0, Buffer.alloc(64));\n"
+            "const answer = await get_x();\n"
+            "return [fs.fstatSync(0).isCharacterDevice(), stolen, answer]")
+    result = jail.run(code, "javascript", functions={"get_x": lambda: 5})
+    assert result.stats.warm and result.output == [True, 0, 5]
