@@ -8,7 +8,7 @@ translate it (native: C structs; bwrap and nsjail: command lines).
 import dataclasses
 import resource
 
-from jail import _cgroup, _runtime, _seccomp
+from jail import _runtime, _seccomp
 from jail._policy import MiB, Limits, Policy
 
 
@@ -37,12 +37,6 @@ def _rlimits(runtime, limits: Limits, scratch_bytes: int) -> tuple:
     # V8 reserves far more address space than it uses (PROT_NONE), which
     # RLIMIT_DATA does not count: Node is bounded by data, Python by address space.
     which = resource.RLIMIT_AS if runtime.memory_rlimit == "as" else resource.RLIMIT_DATA
-    if which == resource.RLIMIT_DATA and _cgroup.detect().mode != "none":
-        # Where a memory cgroup bounds the run, Node's data limit is only a
-        # backstop above it: a refused allocation can crash Node silently
-        # (SIGSEGV, nothing on stderr) where the cgroup's OOM kill is always
-        # read as MemoryLimitExceeded.
-        memory = memory * 3 // 2
     memory_limit = (which, memory, memory)
     fsize = max(scratch_bytes, MiB)
     return (

@@ -90,6 +90,7 @@ def test_a_sandbox_whose_end_fails_is_counted_and_the_reaper_goes_on():
 
 def test_a_pool_that_cannot_refill_is_degraded_and_recovers(monkeypatch):
     monkeypatch.setattr(_pool, "STALLED", 0.3)
+    monkeypatch.setattr(_supervise, "RECENT", 2.0)  # longer than the refill's 1 s pause after a failure
     real_make = _pool.WarmPool._make
     broken = {"on": True}
 
