@@ -141,6 +141,8 @@ class WarmPool:
             self._policy = policy
             self._sizes.update({language: int(size) for language, size in sizes.items()})
             self._configured.update({language: int(size) for language, size in sizes.items()})
+            for language in sizes:  # a new size: how long it has been short starts again
+                self._short_since.pop(language, None)
             if any(self._sizes.values()):
                 self._start_refill()
             self._wake.notify_all()
