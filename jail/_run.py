@@ -167,9 +167,10 @@ def _read_outcome(outcome, limits, stdout, stderr) -> Result:
 
 
 # What a runtime prints as it dies for want of memory (V8's heap, or a C++
-# allocation its rlimit refused: "terminate called ... std::bad_alloc").
+# allocation its rlimit refused: "terminate called ... std::bad_alloc", or
+# "terminate called recursively" when even that message could not be made).
 OUT_OF_MEMORY = ("JavaScript heap out of memory", "Reached heap limit", "Fatal process out of memory",
-                 "std::bad_alloc", "MemoryError")
+                 "std::bad_alloc", "terminate called", "MemoryError")
 
 
 def _died_out_of_memory(outcome, stderr) -> bool:

@@ -112,6 +112,7 @@ def _died(stderr: bytes, signal=11, result=b""):
 @pytest.mark.parametrize("last_words", [
     b"terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n",
     b"FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory\n",
+    b"terminate called recursively\n",
 ])
 def test_a_runtime_that_dies_for_want_of_memory_is_a_memory_error(last_words):
     """The soak found Node's C++ allocations refused by its rlimit answered as
