@@ -350,7 +350,8 @@ async def errors_logs_and_metrics(request: web.Request, handler):
         response = await handler(request)
     except asyncio.CancelledError:
         if not request.app[STOPPING]:  # the client went away: its sandbox was killed; nobody to answer
-            _client_gone(request, request_id, started)
+            request["outcome"] = "client_gone"  # status 499, as nginx logs it
+            _count_and_log(request, request_id, 499, started)
             raise
         # SIGTERM's grace period is over: the run was stopped, and is answered so.
         task.uncancel()
@@ -380,24 +381,30 @@ async def errors_logs_and_metrics(request: web.Request, handler):
     finally:
         request.app[IN_FLIGHT].discard(task)
     response.headers.update(headers)
-    if request.path == "/evaluate":
-        outcome = request.get("outcome", "ok")
-        language = request.get("language", "unknown")
-        if language not in jail.LANGUAGES:
-            language = "unknown"
-        metrics = request.app[METRICS]
-        metrics.requests.labels(language, outcome).inc()
-        if "run_s" in request:
-            metrics.duration.labels(language).observe(request["run_s"])
-        log.info(json.dumps({
-            "request_id": request_id, "method": request.method, "path": request.path,
-            "status": request.get("status", response.status), "language": language, "outcome": outcome,
-            "queue_ms": round(request.get("queue_s", 0) * 1000, 2), "run_ms": round(request.get("run_s", 0) * 1000, 2),
-            "total_ms": round((time.monotonic() - started) * 1000, 2),
-            **({"calls": request["calls"]["count"], "calls_ms": round(request["calls"]["seconds"] * 1000, 2)}
-               if "calls" in request else {}),
-        }))
+    _count_and_log(request, request_id, request.get("status", response.status), started)
     return response
+
+
+def _count_and_log(request, request_id, status, started) -> None:
+    """An /evaluate request's count in the metrics and its one JSON log line."""
+    if request.path != "/evaluate":
+        return
+    outcome = request.get("outcome", "ok")
+    language = request.get("language", "unknown")
+    if language not in jail.LANGUAGES:
+        language = "unknown"
+    metrics = request.app[METRICS]
+    metrics.requests.labels(language, outcome).inc()
+    if "run_s" in request:
+        metrics.duration.labels(language).observe(request["run_s"])
+    log.info(json.dumps({
+        "request_id": request_id, "method": request.method, "path": request.path,
+        "status": status, "language": language, "outcome": outcome,
+        "queue_ms": round(request.get("queue_s", 0) * 1000, 2), "run_ms": round(request.get("run_s", 0) * 1000, 2),
+        "total_ms": round((time.monotonic() - started) * 1000, 2),
+        **({"calls": request["calls"]["count"], "calls_ms": round(request["calls"]["seconds"] * 1000, 2)}
+           if "calls" in request else {}),
+    }))
 
 
 async def healthz(request):
@@ -453,16 +460,6 @@ def create_app(settings: Settings = None) -> web.Application:
     app.on_shutdown.append(_stop_in_flight)
     app.cleanup_ctx.append(_warm_pool)
     return app
-
-
-def _client_gone(request, request_id, started) -> None:
-    """The line and the count of a request whose client went away mid-run."""
-    language = request.get("language", "unknown")
-    language = language if language in jail.LANGUAGES else "unknown"
-    request.app[METRICS].requests.labels(language, "client_gone").inc()
-    log.info(json.dumps({"request_id": request_id, "method": request.method, "path": request.path, "status": 499,
-                         "language": language, "outcome": "client_gone",
-                         "total_ms": round((time.monotonic() - started) * 1000, 2)}))
 
 
 async def _stop_in_flight(app):
