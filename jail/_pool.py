@@ -267,7 +267,11 @@ class WarmPool:
     def _usable(self, language, policy, limits) -> bool:
         """Whether this pool's sandboxes are made as this request's would be."""
         with self._lock:
-            return bool(self._sizes.get(language)) and policy == self._policy and _fits(limits, policy)
+            return self._serves(language, policy, limits)
+
+    def _serves(self, language, policy, limits) -> bool:
+        """(with the lock) _usable()."""
+        return bool(self._sizes.get(language)) and policy == self._policy and _fits(limits, policy)
 
     def _missed(self, language) -> None:
         """A request found no sandbox ready: count it, and grow the size."""
@@ -298,8 +302,7 @@ class WarmPool:
                 self._sizes[language] = self._configured[language] = self._dormant.pop(language)
                 self._start_refill()
             queue = self._ready.get(language)
-            usable = (queue is not None and self._sizes.get(language) and policy == self._policy
-                      and _fits(limits, policy))
+            usable = queue is not None and self._serves(language, policy, limits)
             running = None
             while usable and queue and running is None:
                 candidate = queue.popleft()
