@@ -1,7 +1,9 @@
 """What tests look at on the host: the backends it can run, and what sandboxes left on it."""
 
 import os
+import socket
 import sys
+import time
 
 import pytest
 
@@ -60,13 +62,12 @@ def ours(owner) -> bool:
     for _ in range(64):
         if pid in OWNERS:
             return True
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        parent = parent_of(pid)
+        if parent is None:
             return pid == owner  # owner itself is gone
-        if pid <= 1:
+        if parent <= 1:
             return False
+        pid = parent
     return False
 
 
@@ -83,14 +84,22 @@ def made_by_us(pid):
             return ours(owner)
         if current in OWNERS:
             return True
-        try:
-            with open(f"/proc/{current}/stat") as f:
-                current = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        parent = parent_of(current)
+        if parent is None:
             return None if current == pid else True
-        if current <= 1:
+        if parent <= 1:
             return True
+        current = parent
     return True
+
+
+def parent_of(pid):
+    """A process's parent pid, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def own_cgroups(controllers=("memory", "pids", "cpu", "cpuacct", "")) -> int:
@@ -147,3 +156,22 @@ def sandbox_processes(marker=b"/opt/harness/", uid_range=True):
         if (uid_range and first <= uid < first + count) or marker in cmdline:
             found.append(int(pid))
     return found
+
+
+def wait_until_full(timeout=20):
+    """Waits until this process's warm pool holds its size in every language."""
+    from jail import _pool
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(len(_pool.POOL._ready[lang]) >= _pool.POOL.size(lang) for lang in _pool.LANGUAGES):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"the pool did not fill within {timeout} s")
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

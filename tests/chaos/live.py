@@ -10,7 +10,6 @@ import pathlib
 import random
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ import urllib.error
 import urllib.request
 
 import aiohttp
+
+from host import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CGROUP_PARENTS = [f"/sys/fs/cgroup/{hierarchy}/snippet-jail" for hierarchy in ("memory", "pids", "cpu", "cpuacct")]
@@ -38,12 +39,6 @@ TIMER_WAIT = {"python": {230}, "javascript": {232, 281, 441}}  # clock_nanosleep
 LANGUAGES = ("python", "javascript")
 # The load's snippet: the same text is valid Python and JavaScript.
 LOAD_CODE = "return [x * 3 + k, s + s]"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition, timeout, interval=0.02):

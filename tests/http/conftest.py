@@ -4,7 +4,6 @@ starts it (python -m jail_http), with settings from the environment."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,13 +13,7 @@ import urllib.request
 
 import pytest
 
-from host import OWNERS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from host import OWNERS, free_port
 
 
 class Server:

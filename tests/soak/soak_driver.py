@@ -23,7 +23,6 @@ import pathlib
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import urllib.request
 
 import aiohttp
 
+from host import free_port
 from jail import _pool
 from jail._cgroup import CGROUP_ROOT, GROUP
 from jail._policy import DEFAULT_POLICY
@@ -63,12 +63,6 @@ WARM_UP_FIRST = ("at_limit", "at_limit", "scope_hash", "scope_hash")  # at their
 
 
 # -- the server ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -17,7 +17,7 @@ import time
 import pytest
 
 import jail
-from host import available_backend
+from host import available_backend, wait_until_full
 from jail import _cgroup, _pool, _process, _zygote
 from jail._policy import Limits
 
@@ -139,15 +139,6 @@ def meter(monkeypatch):
     meter = HostMeter(monkeypatch)
     yield meter
     meter.stop()
-
-
-def wait_until_full(timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(len(_pool.POOL._ready[lang]) >= _pool.POOL.size(lang) for lang in _pool.LANGUAGES):
-            return
-        time.sleep(0.02)
-    pytest.fail("the pool did not fill within 20 s")
 
 
 @pytest.fixture(params=["native", "native-warm", "bwrap", "nsjail"])

@@ -11,17 +11,8 @@ import time
 import pytest
 
 import jail
-from host import sandbox_processes
+from host import sandbox_processes, wait_until_full
 from jail import _cgroup, _pool, _process, _zygote
-
-
-def wait_until_full(timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(len(_pool.POOL._ready[lang]) >= _pool.POOL.size(lang) for lang in _pool.LANGUAGES):
-            return
-        time.sleep(0.02)
-    pytest.fail("the pool did not fill within 20 s")
 
 
 @pytest.fixture
