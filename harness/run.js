@@ -193,16 +193,22 @@ function decodeScope(scope, types) {
       throw new RequestError(`unknown type ${JSON.stringify(name)} at ${pointer}`);
     }
     if (pointer === '') throw new RequestError('the scope itself cannot be typed');
-    const [parent, key] = locate(scope, pointer);
-    let value;
-    try {
-      value = DECODERS[name](parent[key]);
-    } catch (e) {
-      throw new RequestError(`bad '${name}' value at ${pointer}: expected ${EXPECTED[name]}`);
-    }
-    // defineProperty, not assignment: a key such as "__proto__" must stay a plain key
-    ObjectDefineProperty(parent, key, { value, writable: true, enumerable: true, configurable: true });
+    decodeAt(scope, pointer, name, pointer);
   }
+}
+
+// The value at path in root, decoded as type name in place (shown: the pointer the
+// sender wrote). Captured built-ins only: it also runs after the snippet has started.
+function decodeAt(root, path, name, shown) {
+  const [parent, key] = locate(root, path);
+  let value;
+  try {
+    value = DECODERS[name](parent[key]);
+  } catch (e) {
+    throw new RequestError(`bad '${name}' value at ${shown}: expected ${EXPECTED[name]}`);
+  }
+  // defineProperty, not assignment: a key such as "__proto__" must stay a plain key
+  ObjectDefineProperty(parent, key, { value, writable: true, enumerable: true, configurable: true });
 }
 
 // (container, key) that an RFC 6901 pointer names inside root.
@@ -594,14 +600,7 @@ function decodeValue(holder, types) {
   for (const pointer of ObjectKeys(types)) {
     const name = types[pointer];
     if (typeof name !== 'string' || !ObjectHasOwn(DECODERS, name)) throw new RequestError(`unknown type at ${pointer}`);
-    const [parent, key] = locate(holder, '/0' + pointer);
-    let value;
-    try {
-      value = DECODERS[name](parent[key]);
-    } catch (e) {
-      throw new RequestError(`bad '${name}' value at ${pointer}: expected ${EXPECTED[name]}`);
-    }
-    ObjectDefineProperty(parent, key, { value, writable: true, enumerable: true, configurable: true });
+    decodeAt(holder, '/0' + pointer, name, pointer);
   }
 }
 
